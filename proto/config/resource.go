@@ -128,3 +128,12 @@ func Hash(rs []*meridianv1.Resource) string {
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
+
+// Resources returns the resources of docs, in order.
+func Resources(docs []*Document) []*meridianv1.Resource {
+	out := make([]*meridianv1.Resource, len(docs))
+	for i, d := range docs {
+		out[i] = d.Resource
+	}
+	return out
+}

@@ -1,0 +1,279 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/meridian-gw/meridian/dataplane/internal/cache"
+	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
+	"github.com/meridian-gw/meridian/proto/config"
+	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func TestParseFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		check   func(t *testing.T, o *options)
+		wantErr string
+	}{
+		{name: "defaults", check: func(t *testing.T, o *options) {
+			if o.listen != ":8080" || o.adminListen != "127.0.0.1:9901" || o.cacheDir != "./dataplane-cache" ||
+				len(o.controlplane) != 1 || o.controlplane[0] != "127.0.0.1:7400" || o.nodeID == "" {
+				t.Errorf("defaults = %+v", o)
+			}
+		}},
+		{name: "flags", args: []string{"--controlplane", "a:7400, b:7400", "--labels", "zone=a,tier=edge", "--node-id", "n1", "--log-level", "debug"},
+			check: func(t *testing.T, o *options) {
+				if strings.Join(o.controlplane, "|") != "a:7400|b:7400" || o.nodeID != "n1" ||
+					!maps.Equal(o.labels, map[string]string{"zone": "a", "tier": "edge"}) || o.logLevel.String() != "DEBUG" {
+					t.Errorf("options = %+v", o)
+				}
+			}},
+		{name: "env fallback", env: map[string]string{"MERIDIAN_CACHE_DIR": "/var/cache/dp", "MERIDIAN_ADMIN_LISTEN": "127.0.0.1:1", "MERIDIAN_NODE_ID": "from-env"},
+			check: func(t *testing.T, o *options) {
+				if o.cacheDir != "/var/cache/dp" || o.adminListen != "127.0.0.1:1" || o.nodeID != "from-env" {
+					t.Errorf("options = %+v", o)
+				}
+			}},
+		{name: "flag wins over env", args: []string{"--node-id", "flag"}, env: map[string]string{"MERIDIAN_NODE_ID": "env"},
+			check: func(t *testing.T, o *options) {
+				if o.nodeID != "flag" {
+					t.Errorf("node id = %q", o.nodeID)
+				}
+			}},
+		{name: "MERIDIAN_VERSION is not a flag", env: map[string]string{"MERIDIAN_VERSION": "1.0"}, check: func(t *testing.T, o *options) {
+			if o.version {
+				t.Error("version set from env")
+			}
+		}},
+		{name: "bad labels", args: []string{"--labels", "novalue"}, wantErr: "--labels"},
+		{name: "bad controlplane", args: []string{"--controlplane", "nohostport"}, wantErr: "--controlplane"},
+		{name: "empty controlplane", args: []string{"--controlplane", ","}, wantErr: "--controlplane"},
+		{name: "bad log level", env: map[string]string{"MERIDIAN_LOG_LEVEL": "loud"}, wantErr: "--log-level"},
+		{name: "unknown flag", args: []string{"--nope"}, wantErr: "not defined"},
+		{name: "positional", args: []string{"extra"}, wantErr: "unexpected argument"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parseFlags(tt.args, env(tt.env), io.Discard)
+			if tt.wantErr != "" {
+				if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want usage error containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, o)
+		})
+	}
+}
+
+func TestUsageExitCode(t *testing.T) {
+	var stderr strings.Builder
+	if code := run(context.Background(), []string{"--labels", "x"}, env(nil), io.Discard, &stderr); code != 2 {
+		t.Errorf("exit code = %d, want 2", code)
+	}
+	if !strings.HasPrefix(stderr.String(), "dataplane: --labels") {
+		t.Errorf("stderr = %q", stderr.String())
+	}
+}
+
+// TestBootFromCache starts the real program with no control plane
+// reachable and a cached snapshot: it must serve that snapshot.
+func TestBootFromCache(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("from upstream " + r.URL.Path))
+	}))
+	defer up.Close()
+
+	dir := t.TempDir()
+	rs := []*meridianv1.Resource{
+		{Kind: &meridianv1.Resource_Upstream{Upstream: &meridianv1.Upstream{
+			Metadata: &meridianv1.Metadata{Name: "u"},
+			Spec:     &meridianv1.UpstreamSpec{Targets: []*meridianv1.Target{{Address: strings.TrimPrefix(up.URL, "http://")}}},
+		}}},
+		{Kind: &meridianv1.Resource_Route{Route: &meridianv1.Route{
+			Metadata: &meridianv1.Metadata{Name: "r"},
+			Spec:     &meridianv1.RouteSpec{Upstream: "u", Match: &meridianv1.RouteMatch{Paths: []*meridianv1.PathMatch{{Kind: &meridianv1.PathMatch_Prefix{Prefix: "/"}}}}},
+		}}},
+	}
+	if err := cache.New(dir).Save(&meridianv1.Snapshot{Version: 12, Hash: config.Hash(rs), Resources: rs}); err != nil {
+		t.Fatal(err)
+	}
+	dead, _ := net.Listen("tcp", "127.0.0.1:0")
+	deadAddr := dead.Addr().String()
+	dead.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	outR, outW := io.Pipe()
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{
+			"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+			"--controlplane", deadAddr, "--cache-dir", dir, "--node-id", "test",
+		}, env(nil), outW, io.Discard)
+		outW.Close()
+	}()
+
+	addrs := map[string]string{}
+	sc := bufio.NewScanner(outR)
+	for len(addrs) < 2 && sc.Scan() {
+		name, addr, ok := strings.Cut(sc.Text(), " listening on ")
+		if !ok {
+			t.Fatalf("unexpected output %q", sc.Text())
+		}
+		addrs[name] = addr
+	}
+	go io.Copy(io.Discard, outR)
+
+	resp, err := http.Get("http://" + addrs["dataplane"] + "/hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "from upstream /hello" {
+		t.Errorf("traffic = %d %q", resp.StatusCode, body)
+	}
+
+	// Clients may speak h2c (prior knowledge) too.
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	h2cTransport := &http.Transport{Protocols: &h2c}
+	defer h2cTransport.CloseIdleConnections()
+	resp, err = (&http.Client{Transport: h2cTransport}).Get("http://" + addrs["dataplane"] + "/h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || resp.StatusCode != 200 {
+		t.Errorf("h2c request: %s %d", resp.Proto, resp.StatusCode)
+	}
+
+	resp, err = http.Get("http://" + addrs["admin"] + "/config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st map[string]any
+	json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if st["version"] != 12.0 || st["source"] != "cache" || st["snapshotsReceived"] != 0.0 {
+		t.Errorf("/config = %v", st)
+	}
+
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit code = %d after shutdown", code)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("run did not return after cancel")
+	}
+	http.DefaultClient.CloseIdleConnections()
+}
+
+func TestCorruptCacheIgnored(t *testing.T) {
+	dir := t.TempDir()
+	if err := cache.New(dir).Save(&meridianv1.Snapshot{Version: 1}); err != nil {
+		t.Fatal(err)
+	}
+	// Damage the file: boot must still reach the "listening" lines.
+	path := filepath.Join(dir, cache.FileName)
+	if err := writeFile(path, []byte("garbage")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--controlplane", "127.0.0.1:1", "--cache-dir", dir}, env(nil), &out, io.Discard)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "admin listening on") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if code := <-done; code != 0 || !strings.Contains(out.String(), "dataplane listening on") {
+		t.Errorf("code %d, output %q", code, out.String())
+	}
+}
+
+func writeFile(path string, data []byte) error { return os.WriteFile(path, data, 0o600) }
+
+// syncBuffer is a strings.Builder safe for one writer and one reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestControlPlaneApplierWritesCache(t *testing.T) {
+	store := cache.New(t.TempDir())
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	gw := gateway.New(log)
+	defer gw.Close()
+	a := controlPlaneApplier{gw: gw, cache: store, log: log}
+
+	rs := []*meridianv1.Resource{{Kind: &meridianv1.Resource_Upstream{Upstream: &meridianv1.Upstream{
+		Metadata: &meridianv1.Metadata{Name: "u"},
+		Spec:     &meridianv1.UpstreamSpec{Targets: []*meridianv1.Target{{Address: "127.0.0.1:1"}}},
+	}}}}
+	good := &meridianv1.Snapshot{Version: 4, Hash: config.Hash(rs), Resources: rs}
+	if err := a.Apply(context.Background(), good); err != nil {
+		t.Fatal(err)
+	}
+	if v, h := a.Applied(); v != 4 || h != good.GetHash() {
+		t.Errorf("Applied() = %d %q", v, h)
+	}
+	if gw.Current().Source() != gateway.SourceControlPlane {
+		t.Errorf("source = %q", gw.Current().Source())
+	}
+
+	bad := &meridianv1.Snapshot{Version: 5, Hash: "nope", Resources: rs}
+	if err := a.Apply(context.Background(), bad); err == nil {
+		t.Fatal("bad snapshot applied")
+	}
+	cached, err := store.Load()
+	if err != nil || cached.GetVersion() != 4 {
+		t.Fatalf("cache = %v, %v; want version 4", cached, err)
+	}
+}

@@ -1,0 +1,66 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
+	"github.com/meridian-gw/meridian/proto/config"
+	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
+)
+
+type counter uint64
+
+func (c counter) Received() uint64 { return uint64(c) }
+
+func TestAdmin(t *testing.T) {
+	g := gateway.New(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	defer g.Close()
+	h := Handler(g, counter(2))
+
+	do := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		return rec.Code, rec.Body.String()
+	}
+
+	if code, _ := do("/healthz"); code != 200 {
+		t.Errorf("/healthz = %d before config", code)
+	}
+	if code, _ := do("/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz = %d before config, want 503", code)
+	}
+	_, body := do("/config")
+	var empty map[string]any
+	if err := json.Unmarshal([]byte(body), &empty); err != nil {
+		t.Fatal(err)
+	}
+	if empty["version"] != 0.0 || empty["appliedAt"] != nil || empty["snapshotsReceived"] != 2.0 || empty["source"] != "" {
+		t.Errorf("/config before apply = %s", body)
+	}
+
+	rs := []*meridianv1.Resource{{Kind: &meridianv1.Resource_Upstream{Upstream: &meridianv1.Upstream{
+		Metadata: &meridianv1.Metadata{Name: "u"},
+		Spec:     &meridianv1.UpstreamSpec{Targets: []*meridianv1.Target{{Address: "127.0.0.1:1"}}},
+	}}}}
+	snap := &meridianv1.Snapshot{Version: 9, Hash: config.Hash(rs), Resources: rs}
+	if err := g.Apply(context.Background(), snap, gateway.SourceCache); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := do("/readyz"); code != 200 {
+		t.Errorf("/readyz = %d after config, want 200", code)
+	}
+	_, body = do("/config")
+	var st ConfigStatus
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Version != 9 || st.Hash != snap.GetHash() || st.Source != "cache" || st.AppliedAt == nil || st.SnapshotsReceived != 2 {
+		t.Errorf("/config = %s", body)
+	}
+}

@@ -1,0 +1,290 @@
+// Package gateway compiles configuration snapshots into immutable Configs
+// and holds the live one. A snapshot is validated with the same code the
+// control plane uses, then checked for what only a data plane can know
+// (its environment and files), then compiled; any error leaves the live
+// Config untouched.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
+	"github.com/meridian-gw/meridian/dataplane/internal/router"
+	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
+	"github.com/meridian-gw/meridian/proto/config"
+	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
+)
+
+// Source says where an applied snapshot came from.
+type Source string
+
+// Sources of a snapshot.
+const (
+	SourceCache        Source = "cache"
+	SourceControlPlane Source = "controlplane"
+)
+
+// ErrHashMismatch means a snapshot's resources do not hash to its hash.
+var ErrHashMismatch = errors.New("snapshot hash does not match its resources")
+
+// Config is one compiled snapshot. It never changes after Apply publishes
+// it, so requests can use it without locks.
+type Config struct {
+	version   uint64
+	hash      string
+	source    Source
+	appliedAt time.Time
+	table     *router.Table[*proxy.Route]
+	pools     map[string]*upstream.Pool
+}
+
+// Version returns the snapshot version.
+func (c *Config) Version() uint64 { return c.version }
+
+// Hash returns the snapshot hash.
+func (c *Config) Hash() string { return c.hash }
+
+// Source returns where the snapshot came from.
+func (c *Config) Source() Source { return c.source }
+
+// AppliedAt returns when the snapshot was applied.
+func (c *Config) AppliedAt() time.Time { return c.appliedAt }
+
+// Upstream returns the pool of the named upstream, or nil.
+func (c *Config) Upstream(name string) *upstream.Pool { return c.pools[name] }
+
+// Route returns the handler of the route r matches, or nil. Template
+// parameters are recorded on r, readable with r.PathValue.
+func (c *Config) Route(r *http.Request) http.Handler {
+	rt, params, ok := c.table.Lookup(r)
+	if !ok {
+		return nil
+	}
+	if params.Len() > 0 {
+		params.Each(r.SetPathValue)
+	}
+	return rt
+}
+
+// Gateway holds the live Config and applies new snapshots.
+type Gateway struct {
+	mu       sync.Mutex // serialises Apply
+	current  atomic.Pointer[Config]
+	buffers  *proxy.BufferPool
+	log      *slog.Logger
+	errorLog *log.Logger
+	now      func() time.Time
+}
+
+// New returns a Gateway with no configuration.
+func New(logger *slog.Logger) *Gateway {
+	return &Gateway{
+		buffers:  proxy.NewBufferPool(),
+		log:      logger,
+		errorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		now:      time.Now,
+	}
+}
+
+// Current returns the live Config, or nil before the first Apply.
+func (g *Gateway) Current() *Config { return g.current.Load() }
+
+// Applied returns the version and hash of the live Config (0, "" if none).
+func (g *Gateway) Applied() (version uint64, hash string) {
+	if c := g.current.Load(); c != nil {
+		return c.version, c.hash
+	}
+	return 0, ""
+}
+
+// Handler returns the traffic handler, which reads the live Config once per
+// request.
+func (g *Gateway) Handler() *proxy.Handler {
+	return proxy.NewHandler(g.routes)
+}
+
+func (g *Gateway) routes() proxy.Routes {
+	if c := g.current.Load(); c != nil {
+		return c
+	}
+	return nil
+}
+
+// Apply validates and compiles snap and makes it live. On error nothing
+// changes; the error is a config.ErrorList or *config.FieldError when a
+// resource is at fault.
+func (g *Gateway) Apply(ctx context.Context, snap *meridianv1.Snapshot, src Source) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	prev := g.current.Load()
+	if prev != nil && prev.version == snap.GetVersion() && prev.hash == snap.GetHash() && snap.GetHash() != "" {
+		return nil
+	}
+	next, err := g.compile(snap, prev)
+	if err != nil {
+		return err
+	}
+	next.source = src
+	next.appliedAt = g.now()
+	g.current.Store(next)
+	if prev != nil {
+		upstream.CloseUnused(prev.pools, next.pools)
+	}
+	g.log.LogAttrs(ctx, slog.LevelInfo, "configuration applied",
+		slog.Uint64("version", next.version), slog.String("hash", next.hash),
+		slog.String("source", string(src)), slog.Int("resources", len(snap.GetResources())))
+	return nil
+}
+
+// Close releases idle upstream connections of the live Config.
+func (g *Gateway) Close() {
+	if c := g.current.Load(); c != nil {
+		upstream.CloseUnused(c.pools, nil)
+	}
+}
+
+// compile builds a Config from snap, reusing prev's upstream pools and
+// transports where their specs did not change. It has no side effects on
+// prev.
+func (g *Gateway) compile(snap *meridianv1.Snapshot, prev *Config) (*Config, error) {
+	rs := snap.GetResources()
+	if h := snap.GetHash(); h != "" && h != config.Hash(rs) {
+		return nil, fmt.Errorf("version %d: %w", snap.GetVersion(), ErrHashMismatch)
+	}
+	if err := config.Validate(rs); err != nil {
+		return nil, err
+	}
+	if err := checkSecrets(rs, os.LookupEnv, os.ReadFile); err != nil {
+		return nil, err
+	}
+
+	c := &Config{version: snap.GetVersion(), hash: snap.GetHash(), pools: map[string]*upstream.Pool{}}
+	var errs config.ErrorList
+	for _, r := range rs {
+		u := r.GetUpstream()
+		if u == nil {
+			continue
+		}
+		name := u.GetMetadata().GetName()
+		var old *upstream.Pool
+		if prev != nil {
+			old = prev.pools[name]
+		}
+		p, err := upstream.New(name, u.GetSpec(), old)
+		if err != nil {
+			errs = appendErr(errs, err)
+			continue
+		}
+		c.pools[name] = p
+	}
+
+	var entries []router.Entry[*proxy.Route]
+	for _, r := range rs {
+		rt := r.GetRoute()
+		if rt == nil {
+			continue
+		}
+		name := rt.GetMetadata().GetName()
+		pool := c.pools[rt.GetSpec().GetUpstream()]
+		if pool == nil {
+			// Validate checks references; this is a guard, not a path.
+			errs = append(errs, &config.FieldError{Kind: config.KindRoute, Name: name, Path: "spec.upstream", Msg: fmt.Sprintf("upstream %q not found", rt.GetSpec().GetUpstream())})
+			continue
+		}
+		h, err := proxy.NewRoute(proxy.RouteConfig{
+			Name: name, Spec: rt.GetSpec(), Pool: pool,
+			Buffers: g.buffers, Log: g.log, ErrorLog: g.errorLog,
+		})
+		if err != nil {
+			errs = appendErr(errs, err)
+			continue
+		}
+		entries = append(entries, router.Entry[*proxy.Route]{
+			Name: name, Priority: rt.GetSpec().GetPriority(), Match: rt.GetSpec().GetMatch(), Value: h,
+		})
+	}
+	if err := errs.Err(); err != nil {
+		return nil, err
+	}
+	table, err := router.New(entries)
+	if err != nil {
+		return nil, err
+	}
+	c.table = table
+	return c, nil
+}
+
+func appendErr(list config.ErrorList, err error) config.ErrorList {
+	var fe *config.FieldError
+	var el config.ErrorList
+	switch {
+	case errors.As(err, &el):
+		return append(list, el...)
+	case errors.As(err, &fe):
+		return append(list, fe)
+	default:
+		return append(list, &config.FieldError{Msg: err.Error()})
+	}
+}
+
+// checkSecrets verifies that every secret a JWTProvider references exists
+// on this data plane. Messages name the variable or file, never a value.
+func checkSecrets(rs []*meridianv1.Resource, lookupEnv func(string) (string, bool), readFile func(string) ([]byte, error)) error {
+	var errs config.ErrorList
+	for _, r := range rs {
+		p := r.GetJwtProvider()
+		if p == nil {
+			continue
+		}
+		name := p.GetMetadata().GetName()
+		for i, k := range p.GetSpec().GetKeys() {
+			if env := k.GetSecretEnv(); env != "" {
+				v, ok := lookupEnv(env)
+				var msg string
+				switch {
+				case !ok:
+					msg = fmt.Sprintf("environment variable %q is not set on this data plane", env)
+				case v == "":
+					msg = fmt.Sprintf("environment variable %q is empty on this data plane", env)
+				}
+				if msg != "" {
+					errs = append(errs, &config.FieldError{Kind: config.KindJWTProvider, Name: name, Path: fmt.Sprintf("spec.keys[%d].secretEnv", i), Msg: msg})
+				}
+			}
+			if file := k.GetSecretFile(); file != "" {
+				data, err := readFile(file)
+				var msg string
+				switch {
+				case err != nil:
+					msg = fmt.Sprintf("file %q is not readable on this data plane: %v", file, pathErrReason(err))
+				case len(data) == 0:
+					msg = fmt.Sprintf("file %q is empty on this data plane", file)
+				}
+				clear(data)
+				if msg != "" {
+					errs = append(errs, &config.FieldError{Kind: config.KindJWTProvider, Name: name, Path: fmt.Sprintf("spec.keys[%d].secretFile", i), Msg: msg})
+				}
+			}
+		}
+	}
+	return errs.Err()
+}
+
+// pathErrReason strips the path and operation from an *fs.PathError, so the
+// message says "permission denied" rather than repeating the file name.
+func pathErrReason(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/meridian-gw/meridian/controlplane/internal/etcdtest"
+	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestParseFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr bool
+		check   func(*options) bool
+	}{
+		{name: "defaults", check: func(o *options) bool {
+			return o.listen == "127.0.0.1:7400" && o.metricsListen == "127.0.0.1:7401" && o.dataDir == "./data" &&
+				o.etcdListen == "127.0.0.1:2379" && o.etcdPeerListen == "127.0.0.1:2380" && o.etcdEndpoints == "" &&
+				o.id != "" && o.logLevel == slog.LevelInfo
+		}},
+		{name: "env fills", env: map[string]string{"MERIDIAN_LISTEN": "127.0.0.1:9", "MERIDIAN_ETCD_ENDPOINTS": "a:1,b:2", "MERIDIAN_LOG_LEVEL": "debug"},
+			check: func(o *options) bool {
+				return o.listen == "127.0.0.1:9" && o.etcdEndpoints == "a:1,b:2" && o.logLevel == slog.LevelDebug
+			}},
+		{name: "flag wins over env", args: []string{"--listen", "127.0.0.1:8"}, env: map[string]string{"MERIDIAN_LISTEN": "127.0.0.1:9"},
+			check: func(o *options) bool { return o.listen == "127.0.0.1:8" }},
+		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: true},
+		{name: "bad env log level", env: map[string]string{"MERIDIAN_LOG_LEVEL": "loud"}, wantErr: true},
+		{name: "unknown flag", args: []string{"--nope"}, wantErr: true},
+		{name: "stray argument", args: []string{"serve"}, wantErr: true},
+		{name: "empty listen", args: []string{"--listen", ""}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parseFlags(tt.args, func(k string) string { return tt.env[k] }, io.Discard)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatal("parseFlags succeeded, want error")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.check(o) {
+				t.Fatalf("options = %+v", o)
+			}
+		})
+	}
+}
+
+func TestUsageExitCode(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run(context.Background(), []string{"--bogus"}, func(string) string { return "" }, io.Discard, &stderr); code != exitUsage {
+		t.Fatalf("exit code %d, want %d", code, exitUsage)
+	}
+	if !strings.Contains(stderr.String(), "bogus") {
+		t.Fatalf("stderr does not name the bad flag: %s", stderr.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and a polling reader.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestRunServesAndStops(t *testing.T) {
+	dir := t.TempDir()
+	tokens := filepath.Join(dir, "tokens")
+	if err := os.WriteFile(tokens, []byte("# ops\nalice sekrit-a\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	metrics := etcdtest.FreeAddr(t)
+	args := []string{
+		"--listen", "127.0.0.1:0",
+		"--metrics-listen", metrics,
+		"--data-dir", dir,
+		"--etcd-listen", etcdtest.FreeAddr(t),
+		"--etcd-peer-listen", etcdtest.FreeAddr(t),
+		"--id", "cp-test",
+	}
+	env := map[string]string{"MERIDIAN_ADMIN_TOKENS_FILE": tokens}
+	var stdout, stderr syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	exit := make(chan int, 1)
+	go func() { exit <- run(ctx, args, func(k string) string { return env[k] }, &stdout, &stderr) }()
+
+	re := regexp.MustCompile(`controlplane listening on (\S+)\n`)
+	var addr string
+	deadline := time.Now().Add(60 * time.Second)
+	for addr == "" {
+		if m := re.FindStringSubmatch(stdout.String()); m != nil {
+			addr = m[1]
+			break
+		}
+		select {
+		case code := <-exit:
+			t.Fatalf("exited %d before listening: %s", code, stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never listened; stderr: %s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := meridianv1.NewAdminServiceClient(conn)
+	callCtx, callCancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer callCancel()
+	if _, err := client.List(callCtx, &meridianv1.ListRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("List without token: %v, want Unauthenticated", err)
+	}
+	authed := metadata.AppendToOutgoingContext(callCtx, "authorization", "Bearer sekrit-a")
+	up := &meridianv1.Resource{Kind: &meridianv1.Resource_Upstream{Upstream: &meridianv1.Upstream{
+		Metadata: &meridianv1.Metadata{Name: "u"},
+		Spec:     &meridianv1.UpstreamSpec{Targets: []*meridianv1.Target{{Address: "127.0.0.1:1"}}},
+	}}}
+	resp, err := client.Apply(authed, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{up}})
+	if err != nil || resp.GetVersion() != 1 {
+		t.Fatalf("Apply = %v, %v", resp, err)
+	}
+
+	// The applied version reaches a data-plane stream on the same port.
+	stream, err := meridianv1.NewConfigDiscoveryServiceClient(conn).StreamSnapshots(callCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&meridianv1.StreamSnapshotsRequest{Node: &meridianv1.Node{Id: "dp"}}); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := stream.Recv()
+	if err != nil || snap.GetSnapshot().GetVersion() != 1 {
+		t.Fatalf("snapshot = %v, %v", snap, err)
+	}
+
+	for _, path := range []string{"/healthz", "/readyz"} {
+		r, err := http.Get("http://" + metrics + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body.Close()
+		if r.StatusCode != http.StatusOK {
+			t.Fatalf("%s = %d", path, r.StatusCode)
+		}
+	}
+
+	cancel()
+	// Shutdown ends the data-plane stream so the data plane can move on.
+	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable {
+		t.Errorf("stream after shutdown: %v, want Unavailable", err)
+	}
+	if code := <-exit; code != exitOK {
+		t.Fatalf("exit code %d; stderr: %s", code, stderr.String())
+	}
+	if strings.Contains(stderr.String(), "sekrit") {
+		t.Fatal("a token reached the logs")
+	}
+	if !strings.Contains(stderr.String(), `"msg":"controlplane listening"`) {
+		t.Fatalf("no JSON log line: %s", stderr.String())
+	}
+}

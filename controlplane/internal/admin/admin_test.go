@@ -1,0 +1,377 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/meridian-gw/meridian/controlplane/internal/etcdtest"
+	"github.com/meridian-gw/meridian/controlplane/internal/store"
+	"github.com/meridian-gw/meridian/proto/config"
+	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func upstream(name, addr string) *meridianv1.Resource {
+	return &meridianv1.Resource{Kind: &meridianv1.Resource_Upstream{Upstream: &meridianv1.Upstream{
+		Metadata: &meridianv1.Metadata{Name: name},
+		Spec:     &meridianv1.UpstreamSpec{Targets: []*meridianv1.Target{{Address: addr}}},
+	}}}
+}
+
+func route(name, up, prefix string) *meridianv1.Resource {
+	return &meridianv1.Resource{Kind: &meridianv1.Resource_Route{Route: &meridianv1.Route{
+		Metadata: &meridianv1.Metadata{Name: name},
+		Spec: &meridianv1.RouteSpec{
+			Upstream: up,
+			Match:    &meridianv1.RouteMatch{Paths: []*meridianv1.PathMatch{{Kind: &meridianv1.PathMatch_Prefix{Prefix: prefix}}}},
+		},
+	}}}
+}
+
+// failingStore returns err from every call.
+type failingStore struct{ err error }
+
+func (f failingStore) Apply(context.Context, store.ApplyInput) (uint64, []*meridianv1.Change, error) {
+	return 0, nil, f.err
+}
+func (f failingStore) Get(context.Context, string, string) (*meridianv1.Resource, uint64, error) {
+	return nil, 0, f.err
+}
+func (f failingStore) List(context.Context, string) ([]*meridianv1.Resource, uint64, error) {
+	return nil, 0, f.err
+}
+func (f failingStore) Delete(context.Context, string, string, string, string, uint64) (uint64, error) {
+	return 0, f.err
+}
+func (f failingStore) History(context.Context, int) ([]*meridianv1.HistoryEntry, error) {
+	return nil, f.err
+}
+func (f failingStore) Rollback(context.Context, uint64, string, string) (uint64, uint64, []*meridianv1.Change, error) {
+	return 0, 0, nil, f.err
+}
+func (f failingStore) ListDataplanes(context.Context) ([]*meridianv1.DataplaneStatus, uint64, error) {
+	return nil, 0, f.err
+}
+
+// calls invokes every admin method once with a well-formed request.
+func calls(s *Server) map[string]func(context.Context) error {
+	apply := []*meridianv1.Resource{upstream("a", "127.0.0.1:1")}
+	return map[string]func(context.Context) error{
+		"Apply": func(ctx context.Context) error {
+			_, err := s.Apply(ctx, &meridianv1.ApplyRequest{Resources: apply})
+			return err
+		},
+		"Diff": func(ctx context.Context) error {
+			_, err := s.Diff(ctx, &meridianv1.DiffRequest{Resources: apply})
+			return err
+		},
+		"Get": func(ctx context.Context) error {
+			_, err := s.Get(ctx, &meridianv1.GetRequest{Kind: "upstream", Name: "a"})
+			return err
+		},
+		"List": func(ctx context.Context) error {
+			_, err := s.List(ctx, &meridianv1.ListRequest{})
+			return err
+		},
+		"Delete": func(ctx context.Context) error {
+			_, err := s.Delete(ctx, &meridianv1.DeleteRequest{Kind: "Upstream", Name: "a"})
+			return err
+		},
+		"History": func(ctx context.Context) error {
+			_, err := s.History(ctx, &meridianv1.HistoryRequest{})
+			return err
+		},
+		"Rollback": func(ctx context.Context) error {
+			_, err := s.Rollback(ctx, &meridianv1.RollbackRequest{})
+			return err
+		},
+		"ListDataplanes": func(ctx context.Context) error {
+			_, err := s.ListDataplanes(ctx, &meridianv1.ListDataplanesRequest{})
+			return err
+		},
+	}
+}
+
+func TestErrorCodes(t *testing.T) {
+	problems := config.ErrorList{
+		{Kind: "Route", Name: "r", Path: "spec.upstream", Msg: `Upstream "x" does not exist`},
+		{Kind: "Upstream", Name: "u", Path: "spec.targets", Msg: "at least one target is required"},
+	}
+	tests := []struct {
+		name    string
+		err     error
+		code    codes.Code
+		message string // exact message, when set
+	}{
+		{"validation", fmt.Errorf("%w: %w", store.ErrInvalid, problems), codes.InvalidArgument,
+			"Route \"r\": spec.upstream: Upstream \"x\" does not exist\nUpstream \"u\": spec.targets: at least one target is required"},
+		{"invalid request", fmt.Errorf("%w: unknown kind", store.ErrInvalid), codes.InvalidArgument, ""},
+		{"conflict", fmt.Errorf("%w: Route changed", store.ErrConflict), codes.Aborted, ""},
+		{"contention", store.ErrContention, codes.Aborted, ""},
+		{"not found", fmt.Errorf("%w: version 9", store.ErrNotFound), codes.NotFound, ""},
+		{"too large", store.ErrTooLarge, codes.FailedPrecondition, ""},
+		{"etcd down", fmt.Errorf("%w: connection refused", store.ErrUnavailable), codes.Unavailable, ""},
+		{"deadline", context.DeadlineExceeded, codes.DeadlineExceeded, ""},
+		{"canceled", context.Canceled, codes.Canceled, ""},
+		{"other", errors.New("boom"), codes.Internal, ""},
+	}
+	for _, tt := range tests {
+		for method, call := range calls(NewServer(failingStore{tt.err}, slog.New(slog.DiscardHandler))) {
+			t.Run(tt.name+"/"+method, func(t *testing.T) {
+				st := status.Convert(call(context.Background()))
+				if st.Code() != tt.code {
+					t.Fatalf("code = %v (%s), want %v", st.Code(), st.Message(), tt.code)
+				}
+				if tt.message != "" && st.Message() != tt.message {
+					t.Fatalf("message = %q, want %q", st.Message(), tt.message)
+				}
+			})
+		}
+	}
+}
+
+func TestValidationErrorDetails(t *testing.T) {
+	problems := config.ErrorList{{Kind: "Route", Name: "r", Path: "spec.upstream", Msg: "missing"}}
+	s := NewServer(failingStore{fmt.Errorf("%w: %w", store.ErrInvalid, problems)}, nil)
+	_, err := s.Apply(context.Background(), &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{upstream("a", "127.0.0.1:1")}})
+	var got []*meridianv1.ConfigError
+	for _, d := range status.Convert(err).Details() {
+		if ce, ok := d.(*meridianv1.ConfigError); ok {
+			got = append(got, ce)
+		}
+	}
+	if len(got) != 1 || got[0].GetKind() != "Route" || got[0].GetField() != "spec.upstream" || got[0].GetMessage() != "missing" {
+		t.Fatalf("details = %v", got)
+	}
+}
+
+// TestBadRequests are refused before the store is asked.
+func TestBadRequests(t *testing.T) {
+	s := NewServer(failingStore{errors.New("store must not be called")}, nil)
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		call func() error
+	}{
+		{"get bad kind", func() error { _, err := s.Get(ctx, &meridianv1.GetRequest{Kind: "gizmo", Name: "a"}); return err }},
+		{"get no name", func() error { _, err := s.Get(ctx, &meridianv1.GetRequest{Kind: "route"}); return err }},
+		{"list bad kind", func() error { _, err := s.List(ctx, &meridianv1.ListRequest{Kind: "gizmos"}); return err }},
+		{"delete bad kind", func() error {
+			_, err := s.Delete(ctx, &meridianv1.DeleteRequest{Kind: "", Name: "a"})
+			return err
+		}},
+		{"delete no name", func() error { _, err := s.Delete(ctx, &meridianv1.DeleteRequest{Kind: "route"}); return err }},
+		{"empty apply", func() error { _, err := s.Apply(ctx, &meridianv1.ApplyRequest{}); return err }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if code := status.Code(tt.call()); code != codes.InvalidArgument {
+				t.Fatalf("code = %v, want InvalidArgument", code)
+			}
+		})
+	}
+}
+
+func TestParseTokens(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		wantErr string
+		auth    map[string]string // token → principal
+	}{
+		{
+			name: "comments and blank lines",
+			in:   "# operators\n\nalice s3cret-a\n  bob   s3cret-b  \n",
+			auth: map[string]string{"s3cret-a": "alice", "s3cret-b": "bob"},
+		},
+		{name: "one field", in: "alice\n", wantErr: "line 1"},
+		{name: "three fields", in: "# x\nalice sekrit extra\n", wantErr: "line 2"},
+		{name: "duplicate token", in: "alice sekrit-1\nbob sekrit-1\n", wantErr: "line 2: same token as line 1"},
+		{name: "empty", in: "# nothing\n", wantErr: "no tokens"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, err := ParseTokens(strings.NewReader(tt.in))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
+				}
+				if strings.Contains(err.Error(), "sekrit") {
+					t.Fatalf("error %q reveals a token", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for token, principal := range tt.auth {
+				if got, ok := a.Authenticate(token); !ok || got != principal {
+					t.Errorf("Authenticate(%q) = %q, %v; want %q", token, got, ok, principal)
+				}
+			}
+			if _, ok := a.Authenticate("nope"); ok {
+				t.Error("unknown token accepted")
+			}
+			if _, ok := a.Authenticate(""); ok {
+				t.Error("empty token accepted")
+			}
+		})
+	}
+}
+
+// serve runs the admin API backed by a real store on embedded etcd.
+func serve(t *testing.T, auth *TokenAuth) meridianv1.AdminServiceClient {
+	t.Helper()
+	st := store.New(etcdtest.Start(t), store.Options{ReplicaID: "cp", Logger: slog.New(slog.DiscardHandler)})
+	t.Cleanup(func() { st.Close() })
+	var opts []grpc.ServerOption
+	if auth != nil {
+		opts = append(opts, grpc.ChainUnaryInterceptor(auth.UnaryInterceptor()), grpc.ChainStreamInterceptor(auth.StreamInterceptor()))
+	}
+	gs := grpc.NewServer(opts...)
+	meridianv1.RegisterAdminServiceServer(gs, NewServer(st, slog.New(slog.DiscardHandler)))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); gs.Serve(lis) }()
+	t.Cleanup(func() { gs.Stop(); <-done })
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return meridianv1.NewAdminServiceClient(conn)
+}
+
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestTokenAuth(t *testing.T) {
+	auth, err := ParseTokens(strings.NewReader("alice token-alice\nbob token-bob\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := serve(t, auth)
+	tests := []struct {
+		name   string
+		header string // authorization metadata; "" = none
+		code   codes.Code
+		author string
+	}{
+		{"missing", "", codes.Unauthenticated, ""},
+		{"wrong", "Bearer token-mallory", codes.Unauthenticated, ""},
+		{"not bearer", "Basic token-alice", codes.Unauthenticated, ""},
+		{"right", "Bearer token-alice", codes.OK, "alice"},
+		{"scheme is case-insensitive", "bearer token-bob", codes.OK, "bob"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			if tt.header != "" {
+				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", tt.header)
+			}
+			_, err := client.Apply(ctx, &meridianv1.ApplyRequest{
+				Resources: []*meridianv1.Resource{upstream("u", fmt.Sprintf("127.0.0.1:%d", 1000+i))},
+				Author:    "claimed",
+			})
+			if status.Code(err) != tt.code {
+				t.Fatalf("Apply: %v, want %v", err, tt.code)
+			}
+			if err != nil {
+				if strings.Contains(err.Error(), "token-") {
+					t.Fatalf("error reveals a token: %v", err)
+				}
+				return
+			}
+			hist, err := client.History(ctx, &meridianv1.HistoryRequest{Limit: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := hist.GetEntries()[0].GetAuthor(); got != tt.author {
+				t.Fatalf("author = %q, want the principal %q", got, tt.author)
+			}
+		})
+	}
+}
+
+func TestAdminOverStore(t *testing.T) {
+	client := serve(t, nil)
+	ctx := testCtx(t)
+
+	// Dry run: summary, nothing written.
+	dry, err := client.Apply(ctx, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{upstream("u", "127.0.0.1:1")}, DryRun: true})
+	if err != nil || !dry.GetDryRun() || dry.GetVersion() != 0 || len(dry.GetChanges()) != 1 {
+		t.Fatalf("dry run = %v, %v", dry, err)
+	}
+	if list, err := client.List(ctx, &meridianv1.ListRequest{}); err != nil || len(list.GetResources()) != 0 {
+		t.Fatalf("after dry run List = %v, %v", list, err)
+	}
+
+	// Server-side validation, whatever the client did.
+	_, err = client.Apply(ctx, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{route("r", "missing", "/"), upstream("", "nope")}})
+	st := status.Convert(err)
+	if st.Code() != codes.InvalidArgument || strings.Count(st.Message(), "\n") < 1 || !strings.Contains(st.Message(), `"missing" does not exist`) {
+		t.Fatalf("invalid apply: %v", err)
+	}
+
+	applied, err := client.Apply(ctx, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{upstream("u", "127.0.0.1:1"), route("r", "u", "/")}})
+	if err != nil || applied.GetVersion() != 1 {
+		t.Fatalf("Apply = %v, %v", applied, err)
+	}
+	for _, c := range applied.GetChanges() {
+		if c.GetDiff() != "" {
+			t.Errorf("Apply returned a diff for %s", c.GetName())
+		}
+	}
+	diff, err := client.Diff(ctx, &meridianv1.DiffRequest{Resources: []*meridianv1.Resource{upstream("u", "127.0.0.1:2")}})
+	if err != nil || len(diff.GetChanges()) != 1 || !strings.Contains(diff.GetChanges()[0].GetDiff(), "+") {
+		t.Fatalf("Diff = %v, %v", diff, err)
+	}
+	if got, err := client.Get(ctx, &meridianv1.GetRequest{Kind: "routes", Name: "r"}); err != nil || got.GetVersion() != 1 {
+		t.Fatalf("Get = %v, %v", got, err)
+	}
+	if _, err := client.Delete(ctx, &meridianv1.DeleteRequest{Kind: "upstream", Name: "u"}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("deleting a referenced upstream: %v, want InvalidArgument", err)
+	}
+	if _, err := client.Apply(ctx, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{upstream("u", "127.0.0.1:3")}, ExpectedVersion: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Apply(ctx, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{upstream("u", "127.0.0.1:4")}, ExpectedVersion: 1}); status.Code(err) != codes.Aborted {
+		t.Fatalf("stale expected version: %v, want Aborted", err)
+	}
+	rb, err := client.Rollback(ctx, &meridianv1.RollbackRequest{})
+	if err != nil || rb.GetVersion() != 3 || rb.GetRestoredVersion() != 1 {
+		t.Fatalf("Rollback = %v, %v", rb, err)
+	}
+	if _, err := client.Rollback(ctx, &meridianv1.RollbackRequest{Version: 42}); status.Code(err) != codes.NotFound {
+		t.Fatalf("Rollback(42): %v, want NotFound", err)
+	}
+	hist, err := client.History(ctx, &meridianv1.HistoryRequest{})
+	if err != nil || len(hist.GetEntries()) != 3 || hist.GetEntries()[0].GetAuthor() != "unknown" {
+		t.Fatalf("History = %v, %v", hist, err)
+	}
+	dps, err := client.ListDataplanes(ctx, &meridianv1.ListDataplanesRequest{})
+	if err != nil || dps.GetCurrentVersion() != 3 || len(dps.GetDataplanes()) != 0 {
+		t.Fatalf("ListDataplanes = %v, %v", dps, err)
+	}
+}

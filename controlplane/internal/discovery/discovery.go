@@ -1,0 +1,271 @@
+// Package discovery serves configuration snapshots to data planes over the
+// ConfigDiscoveryService stream and records what each one applied.
+package discovery
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+	"unicode"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/meridian-gw/meridian/controlplane/internal/snapshot"
+	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
+)
+
+// SnapshotSource hands out the latest snapshot.
+type SnapshotSource interface {
+	// Subscribe returns a channel holding the latest snapshot not yet
+	// received (the current one right away, if any), and a cancel func.
+	Subscribe() (<-chan *snapshot.Snapshot, func())
+}
+
+// StatusRecorder stores what the fleet knows about each data plane.
+// stream identifies one stream, so that a node reconnecting on a new
+// stream is not overwritten by its old one.
+type StatusRecorder interface {
+	ConnectDataplane(ctx context.Context, stream string, st *meridianv1.DataplaneStatus) error
+	UpdateDataplane(ctx context.Context, stream string, st *meridianv1.DataplaneStatus) error
+	DisconnectDataplane(ctx context.Context, stream string, st *meridianv1.DataplaneStatus) error
+}
+
+// Options tune a Server.
+type Options struct {
+	// Logger; slog.Default() when nil.
+	Logger *slog.Logger
+	// RefreshInterval is how often a quiet stream refreshes its data
+	// plane's last-seen time (and liveness). 10s when zero.
+	RefreshInterval time.Duration
+	// StatusTimeout bounds each status write, so an unreachable etcd does
+	// not hold up snapshots. 5s when zero.
+	StatusTimeout time.Duration
+}
+
+// maxNodeIDLen keeps node ids usable as etcd key parts and table cells.
+const maxNodeIDLen = 253
+
+// Server implements meridianv1.ConfigDiscoveryServiceServer.
+type Server struct {
+	meridianv1.UnimplementedConfigDiscoveryServiceServer
+
+	source  SnapshotSource
+	status  StatusRecorder
+	log     *slog.Logger
+	refresh time.Duration
+	timeout time.Duration
+
+	closeOnce sync.Once
+	done      chan struct{}
+}
+
+// NewServer returns a server streaming snapshots from source and recording
+// status with recorder.
+func NewServer(source SnapshotSource, recorder StatusRecorder, opts Options) *Server {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.RefreshInterval <= 0 {
+		opts.RefreshInterval = 10 * time.Second
+	}
+	if opts.StatusTimeout <= 0 {
+		opts.StatusTimeout = 5 * time.Second
+	}
+	return &Server{
+		source:  source,
+		status:  recorder,
+		log:     opts.Logger,
+		refresh: opts.RefreshInterval,
+		timeout: opts.StatusTimeout,
+		done:    make(chan struct{}),
+	}
+}
+
+// Close ends every stream with codes.Unavailable, so data planes reconnect
+// to another replica, and refuses new ones. Streams never end on their own,
+// so call Close before grpc.Server.GracefulStop.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() { close(s.done) })
+}
+
+// StreamSnapshots serves one data plane.
+func (s *Server) StreamSnapshots(stream meridianv1.ConfigDiscoveryService_StreamSnapshotsServer) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return err
+	}
+	if err := checkNodeID(first.GetNode().GetId()); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	select {
+	case <-s.done:
+		return status.Error(codes.Unavailable, "control plane shutting down")
+	default:
+	}
+
+	h := &handler{
+		server: s,
+		stream: stream,
+		id:     rand.Text(),
+		log:    s.log.With("node", first.GetNode().GetId(), "peer", peerAddr(ctx)),
+		held:   held{first.GetVersion(), first.GetHash()},
+		status: &meridianv1.DataplaneStatus{
+			Node:           proto.CloneOf(first.GetNode()),
+			PeerAddress:    peerAddr(ctx),
+			AppliedVersion: first.GetVersion(),
+			AppliedHash:    first.GetHash(),
+			ConnectedAt:    timestamppb.Now(),
+			LastSeen:       timestamppb.Now(),
+		},
+	}
+	return h.run(ctx)
+}
+
+func checkNodeID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("the first message must carry node.id")
+	case len(id) > maxNodeIDLen:
+		return errors.New("node.id is longer than 253 bytes")
+	case strings.ContainsFunc(id, func(r rune) bool { return r == '/' || unicode.IsSpace(r) || !unicode.IsPrint(r) }):
+		return errors.New("node.id must not contain '/', spaces or control characters")
+	}
+	return nil
+}
+
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}
+
+// held is what a data plane says it has applied.
+type held struct {
+	version uint64
+	hash    string
+}
+
+// handler is the state of one stream. Only its run goroutine touches it.
+type handler struct {
+	server *Server
+	stream meridianv1.ConfigDiscoveryService_StreamSnapshotsServer
+	id     string
+	log    *slog.Logger
+	status *meridianv1.DataplaneStatus
+
+	held held
+	// The snapshot last sent and its nonce; answers to other nonces are
+	// stale.
+	sentVersion uint64
+	sentNonce   string
+}
+
+func (h *handler) run(ctx context.Context) error {
+	s := h.server
+	h.record(ctx, s.status.ConnectDataplane)
+	h.log.Info("data plane connected", "version", h.held.version)
+	defer func() {
+		h.status.LastSeen = timestamppb.Now()
+		// The stream's context is done by now; the write must still happen.
+		h.record(context.WithoutCancel(ctx), s.status.DisconnectDataplane)
+		h.log.Info("data plane disconnected", "version", h.held.version)
+	}()
+
+	updates, cancel := s.source.Subscribe()
+	defer cancel()
+
+	// The receiver goroutine ends when the stream does, which happens
+	// right after this handler returns; done keeps it from blocking on a
+	// send nobody will take.
+	reqs := make(chan *meridianv1.StreamSnapshotsRequest)
+	recvErr := make(chan error, 1)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			req, err := h.stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-done:
+				return
+			}
+		}
+	}()
+
+	ticker := time.NewTicker(s.refresh)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-s.done:
+			return status.Error(codes.Unavailable, "control plane shutting down")
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case snap := <-updates:
+			if err := h.send(snap); err != nil {
+				return err
+			}
+		case req := <-reqs:
+			h.answer(ctx, req)
+		case <-ticker.C:
+			h.status.LastSeen = timestamppb.Now()
+			h.record(ctx, s.status.UpdateDataplane)
+		}
+	}
+}
+
+// send sends snap unless the data plane has it or already got it.
+func (h *handler) send(snap *snapshot.Snapshot) error {
+	if snap.Version() <= h.sentVersion || (snap.Version() == h.held.version && snap.Hash() == h.held.hash) {
+		return nil
+	}
+	nonce := rand.Text()
+	if err := h.stream.Send(&meridianv1.StreamSnapshotsResponse{Snapshot: snap.Message(nonce)}); err != nil {
+		return err
+	}
+	h.sentVersion, h.sentNonce = snap.Version(), nonce
+	return nil
+}
+
+// answer records an ACK or NACK.
+func (h *handler) answer(ctx context.Context, req *meridianv1.StreamSnapshotsRequest) {
+	h.held = held{req.GetVersion(), req.GetHash()}
+	h.status.AppliedVersion, h.status.AppliedHash = req.GetVersion(), req.GetHash()
+	h.status.LastSeen = timestamppb.Now()
+	if req.GetError() != nil && req.GetResponseNonce() != "" && req.GetResponseNonce() == h.sentNonce {
+		h.status.LastNack = &meridianv1.Nack{Version: h.sentVersion, Error: req.GetError(), Time: timestamppb.Now()}
+		h.log.Warn("data plane rejected snapshot", "rejected_version", h.sentVersion, "kept_version", req.GetVersion(),
+			"kind", req.GetError().GetKind(), "name", req.GetError().GetName(), "field", req.GetError().GetField(), "error", req.GetError().GetMessage())
+	}
+	h.record(ctx, h.server.status.UpdateDataplane)
+}
+
+func (h *handler) record(ctx context.Context, write func(context.Context, string, *meridianv1.DataplaneStatus) error) {
+	ctx, cancel := context.WithTimeout(ctx, h.server.timeout)
+	defer cancel()
+	if err := write(ctx, h.id, h.status); err != nil {
+		h.log.Warn("record data-plane status", "err", err)
+	}
+}

@@ -1,0 +1,261 @@
+package discovery_test
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meridian-gw/meridian/controlplane/internal/discovery"
+	"github.com/meridian-gw/meridian/controlplane/internal/etcdtest"
+	"github.com/meridian-gw/meridian/controlplane/internal/snapshot"
+	"github.com/meridian-gw/meridian/controlplane/internal/store"
+	"github.com/meridian-gw/meridian/proto/config"
+	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func upstream(name, addr string) *meridianv1.Resource {
+	return &meridianv1.Resource{Kind: &meridianv1.Resource_Upstream{Upstream: &meridianv1.Upstream{
+		Metadata: &meridianv1.Metadata{Name: name},
+		Spec:     &meridianv1.UpstreamSpec{Targets: []*meridianv1.Target{{Address: addr}}},
+	}}}
+}
+
+// env is a control plane in miniature: store and watcher on embedded
+// etcd, a snapshot cache, and the discovery server on a loopback listener.
+type env struct {
+	store     *store.Store
+	cache     *snapshot.Cache
+	discovery *discovery.Server
+	client    meridianv1.ConfigDiscoveryServiceClient
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	st := store.New(etcdtest.Start(t), store.Options{ReplicaID: "cp-1", Logger: log})
+	t.Cleanup(func() { st.Close() })
+	cache := snapshot.NewCache()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		st.Watch(ctx, func(v uint64, rs []*meridianv1.Resource) {
+			if v == 0 {
+				return
+			}
+			snap, err := snapshot.New(v, rs)
+			if err != nil {
+				t.Errorf("snapshot.New: %v", err)
+				return
+			}
+			cache.Set(snap)
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-watchDone })
+
+	srv := discovery.NewServer(cache, st, discovery.Options{Logger: log})
+	gs := grpc.NewServer()
+	meridianv1.RegisterConfigDiscoveryServiceServer(gs, srv)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveDone := make(chan struct{})
+	go func() { defer close(serveDone); gs.Serve(lis) }()
+	t.Cleanup(func() { srv.Close(); gs.GracefulStop(); <-serveDone })
+
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &env{store: st, cache: cache, discovery: srv, client: meridianv1.NewConfigDiscoveryServiceClient(conn)}
+}
+
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func (e *env) apply(t *testing.T, rs ...*meridianv1.Resource) uint64 {
+	t.Helper()
+	v, _, err := e.store.Apply(testCtx(t), store.ApplyInput{Resources: rs})
+	if err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	return v
+}
+
+// open starts a stream and sends the first message.
+func (e *env) open(t *testing.T, id string, version uint64, hash string) meridianv1.ConfigDiscoveryService_StreamSnapshotsClient {
+	t.Helper()
+	ctx, cancel := context.WithCancel(testCtx(t))
+	t.Cleanup(cancel)
+	stream, err := e.client.StreamSnapshots(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&meridianv1.StreamSnapshotsRequest{
+		Node:    &meridianv1.Node{Id: id, BuildVersion: "test"},
+		Version: version,
+		Hash:    hash,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return stream
+}
+
+func recv(t *testing.T, stream meridianv1.ConfigDiscoveryService_StreamSnapshotsClient) *meridianv1.Snapshot {
+	t.Helper()
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("Recv: %v", err)
+	}
+	return resp.GetSnapshot()
+}
+
+// waitState polls the fleet until node id reaches want.
+func (e *env) waitState(t *testing.T, id string, want meridianv1.DataplaneState) *meridianv1.DataplaneStatus {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		dps, _, err := e.store.ListDataplanes(testCtx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range dps {
+			if d.GetNode().GetId() == id && d.GetState() == want {
+				return d
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never reached %v; fleet: %v", id, want, dps)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestSnapshotAckNackAndUpdates(t *testing.T) {
+	e := newEnv(t)
+	v1 := e.apply(t, upstream("users", "127.0.0.1:9001"))
+	stream := e.open(t, "dp-1", 0, "")
+
+	// First snapshot.
+	snap := recv(t, stream)
+	if snap.GetVersion() != v1 || snap.GetNonce() == "" || len(snap.GetResources()) != 1 ||
+		!proto.Equal(snap.GetResources()[0], upstream("users", "127.0.0.1:9001")) ||
+		snap.GetHash() != config.Hash(snap.GetResources()) {
+		t.Fatalf("first snapshot = %v", snap)
+	}
+	e.waitState(t, "dp-1", meridianv1.DataplaneState_DATAPLANE_STATE_STALE)
+
+	// ACK: synced.
+	if err := stream.Send(&meridianv1.StreamSnapshotsRequest{Version: v1, Hash: snap.GetHash(), ResponseNonce: snap.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	d := e.waitState(t, "dp-1", meridianv1.DataplaneState_DATAPLANE_STATE_SYNCED)
+	if d.GetAppliedHash() != snap.GetHash() || d.GetNode().GetBuildVersion() != "test" || d.GetControlplane() != "cp-1" || d.GetPeerAddress() == "" {
+		t.Fatalf("status after ACK = %v", d)
+	}
+
+	// A new apply reaches the connected stream.
+	v2 := e.apply(t, upstream("users", "127.0.0.1:9002"))
+	snap2 := recv(t, stream)
+	if snap2.GetVersion() != v2 || snap2.GetNonce() == snap.GetNonce() {
+		t.Fatalf("second snapshot = %v", snap2)
+	}
+
+	// NACK: the data plane keeps v1 and says why.
+	reason := &meridianv1.ConfigError{Kind: "Upstream", Name: "users", Field: "spec.targets[0].address", Message: "no route to host"}
+	if err := stream.Send(&meridianv1.StreamSnapshotsRequest{Version: v1, Hash: snap.GetHash(), ResponseNonce: snap2.GetNonce(), Error: reason}); err != nil {
+		t.Fatal(err)
+	}
+	d = e.waitState(t, "dp-1", meridianv1.DataplaneState_DATAPLANE_STATE_NACKED)
+	if d.GetAppliedVersion() != v1 || d.GetLastNack().GetVersion() != v2 || !proto.Equal(d.GetLastNack().GetError(), reason) || d.GetLastNack().GetTime() == nil {
+		t.Fatalf("status after NACK = %v", d)
+	}
+
+	// A NACK answering a stale nonce moves the applied version but does
+	// not count as a rejection.
+	if err := stream.Send(&meridianv1.StreamSnapshotsRequest{Version: v2, Hash: snap2.GetHash(), ResponseNonce: "stale", Error: &meridianv1.ConfigError{Message: "old"}}); err != nil {
+		t.Fatal(err)
+	}
+	d = e.waitState(t, "dp-1", meridianv1.DataplaneState_DATAPLANE_STATE_SYNCED)
+	if d.GetLastNack().GetError().GetMessage() != "no route to host" {
+		t.Fatalf("stale NACK recorded: %v", d.GetLastNack())
+	}
+
+	// Closing the stream marks the data plane disconnected.
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err == nil {
+		t.Fatal("stream still open after CloseSend")
+	}
+	e.waitState(t, "dp-1", meridianv1.DataplaneState_DATAPLANE_STATE_DISCONNECTED)
+}
+
+func TestNoResendWhenCurrent(t *testing.T) {
+	e := newEnv(t)
+	v1 := e.apply(t, upstream("users", "127.0.0.1:9001"))
+	// Wait until the cache serves v1, and learn its hash as a data plane
+	// would have from an earlier stream.
+	first := e.open(t, "dp-a", 0, "")
+	snap := recv(t, first)
+
+	stream := e.open(t, "dp-b", v1, snap.GetHash())
+	e.waitState(t, "dp-b", meridianv1.DataplaneState_DATAPLANE_STATE_SYNCED)
+	// The next thing on the stream is the next version, not a resend.
+	v2 := e.apply(t, upstream("users", "127.0.0.1:9002"))
+	if got := recv(t, stream); got.GetVersion() != v2 {
+		t.Fatalf("data plane holding v%d received v%d first, want v%d", v1, got.GetVersion(), v2)
+	}
+
+	// Same version with a different hash is not current: resend.
+	other := e.open(t, "dp-c", v2, "not-the-hash")
+	if got := recv(t, other); got.GetVersion() != v2 {
+		t.Fatalf("data plane with a wrong hash got v%d, want v%d", got.GetVersion(), v2)
+	}
+}
+
+func TestRejectsBadNode(t *testing.T) {
+	e := newEnv(t)
+	for _, id := range []string{"", "a/b", "has space"} {
+		stream := e.open(t, id, 0, "")
+		_, err := stream.Recv()
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("node id %q: %v, want InvalidArgument", id, err)
+		}
+	}
+}
+
+func TestCloseEndsStreams(t *testing.T) {
+	e := newEnv(t)
+	e.apply(t, upstream("users", "127.0.0.1:9001"))
+	stream := e.open(t, "dp-1", 0, "")
+	recv(t, stream)
+	e.discovery.Close()
+	_, err := stream.Recv()
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("after Close: %v, want Unavailable", err)
+	}
+	// New streams are refused too.
+	again := e.open(t, "dp-2", 0, "")
+	if _, err := again.Recv(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("new stream after Close: %v, want Unavailable", err)
+	}
+}

@@ -1,0 +1,161 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/meridian-gw/meridian/proto/config"
+	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
+)
+
+// PublishFunc receives the whole configuration at a version. resources
+// are sorted as config.Sort and must not be modified.
+type PublishFunc func(version uint64, resources []*meridianv1.Resource)
+
+// Watch keeps an in-memory copy of the configuration: it lists it at a
+// revision R, then watches from R+1. It calls publish after every list
+// (even when the version did not move, so callers learn the store is
+// reachable) and whenever a watch response advances the version. When the
+// watch falls behind a compaction or fails, it lists again; while etcd is
+// down it keeps retrying with backoff. It returns ctx.Err() once ctx is
+// done. publish runs on Watch's goroutine.
+func (s *Store) Watch(ctx context.Context, publish PublishFunc) error {
+	w := &watcher{store: s, publish: publish}
+	return w.run(ctx)
+}
+
+const (
+	minBackoff  = 100 * time.Millisecond
+	maxBackoff  = 5 * time.Second
+	listTimeout = 10 * time.Second
+)
+
+type watcher struct {
+	store   *Store
+	publish PublishFunc
+
+	// rev is the etcd revision the in-memory copy reflects; 0 means list.
+	rev       int64
+	version   uint64
+	resources map[string]*meridianv1.Resource
+}
+
+func (w *watcher) run(ctx context.Context) error {
+	backoff := minBackoff
+	for {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if w.rev == 0 {
+			if err := w.list(ctx); err != nil {
+				if ctx.Err() == nil {
+					w.store.log.Warn("config list failed, retrying", "err", err, "retry_in", backoff)
+				}
+				if sleep(ctx, jitter(backoff)) != nil {
+					return ctx.Err()
+				}
+				backoff = min(2*backoff, maxBackoff)
+				continue
+			}
+		}
+		err := w.watch(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		w.store.log.Warn("config watch interrupted", "err", err, "relist", w.rev == 0)
+		if sleep(ctx, jitter(minBackoff)) != nil {
+			return ctx.Err()
+		}
+		backoff = minBackoff
+	}
+}
+
+func (w *watcher) list(ctx context.Context) error {
+	lctx, cancel := context.WithTimeout(ctx, listTimeout)
+	defer cancel()
+	st, err := w.store.load(lctx)
+	if err != nil {
+		return err
+	}
+	w.rev, w.version = st.revision, st.version
+	w.resources = make(map[string]*meridianv1.Resource, len(st.resources))
+	for key, sr := range st.resources {
+		w.resources[key] = sr.GetResource()
+	}
+	w.emit()
+	return nil
+}
+
+// watch follows changes from w.rev+1 until the watch ends. It resets
+// w.rev to 0 when only a new list can recover.
+func (w *watcher) watch(ctx context.Context) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	s := w.store
+	wch := s.client.Watch(wctx, s.resourcesPrefix(), clientv3.WithRange(s.configEnd()), clientv3.WithRev(w.rev+1))
+	for resp := range wch {
+		if resp.CompactRevision != 0 {
+			err := fmt.Errorf("revision %d compacted (oldest is %d)", w.rev+1, resp.CompactRevision)
+			w.rev = 0
+			return err
+		}
+		if err := resp.Err(); err != nil {
+			w.rev = 0
+			return err
+		}
+		advanced := false
+		for _, ev := range resp.Events {
+			key := string(ev.Kv.Key)
+			switch {
+			case key == s.versionKey() && ev.Type == clientv3.EventTypePut:
+				v, err := parseVersion(ev.Kv.Value)
+				if err != nil {
+					w.rev = 0
+					return fmt.Errorf("etcd key %s: %w", key, err)
+				}
+				advanced = advanced || v != w.version
+				w.version = v
+			case strings.HasPrefix(key, s.resourcesPrefix()):
+				name := strings.TrimPrefix(key, s.resourcesPrefix())
+				if ev.Type == clientv3.EventTypeDelete {
+					delete(w.resources, name)
+					break
+				}
+				sr := &meridianv1.StoredResource{}
+				if err := proto.Unmarshal(ev.Kv.Value, sr); err != nil {
+					w.rev = 0
+					return fmt.Errorf("etcd key %s: %w", key, err)
+				}
+				w.resources[name] = sr.GetResource()
+			}
+			w.rev = ev.Kv.ModRevision
+		}
+		// A transaction's events share one revision and arrive in one
+		// response, so the map is consistent whenever the version moved.
+		if advanced {
+			w.emit()
+		}
+	}
+	return errors.New("watch channel closed")
+}
+
+func (w *watcher) emit() {
+	rs := make([]*meridianv1.Resource, 0, len(w.resources))
+	for _, r := range w.resources {
+		rs = append(rs, r)
+	}
+	config.Sort(rs)
+	w.publish(w.version, rs)
+}
+
+// jitter spreads retries of many replicas: d ± 20%.
+func jitter(d time.Duration) time.Duration {
+	return d*8/10 + time.Duration(rand.Int64N(int64(d*4/10)+1))
+}

@@ -20,6 +20,7 @@ stop_all() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   echo "stopped"
+  exit 0
 }
 trap stop_all INT TERM EXIT
 
@@ -54,14 +55,15 @@ Meridian is running (logs in $RUN/). Try:
 
   curl -s localhost:8080/api/hello          # proxied to an echo upstream as /hello
   curl -s localhost:9901/config             # the data plane's applied version and hash
-  $BIN/gatewayctl get                       # what the control plane stores
-  $BIN/gatewayctl dataplanes                # the fleet: SYNCED at the current version
-  $BIN/gatewayctl history                   # every version, for rollback
-  $BIN/gatewayctl diff -f examples/quickstart.yaml
+  bin/gatewayctl get                        # what the control plane stores
+  bin/gatewayctl dataplanes                 # the fleet: SYNCED at the current version
+  bin/gatewayctl history                    # every version, for rollback
+  bin/gatewayctl diff -f examples/quickstart.yaml
 
 Press Ctrl-C to stop everything.
 MSG
 
 # Returns when any process exits (or on Ctrl-C, through the trap).
 wait -n "${pids[@]}" || true
-echo "a process exited; see $RUN/*.log" >&2
+echo "a process exited unexpectedly; see $RUN/*.log" >&2
+exit 1

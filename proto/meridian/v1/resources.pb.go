@@ -1288,7 +1288,9 @@ type RouteSpec struct {
 	// Name of a CircuitBreaker; overrides the upstream's.
 	CircuitBreaker string `protobuf:"bytes,9,opt,name=circuit_breaker,json=circuitBreaker,proto3" json:"circuit_breaker,omitempty"`
 	// Breaks ties between routes of equal match precedence; higher wins.
-	Priority      int32 `protobuf:"varint,10,opt,name=priority,proto3" json:"priority,omitempty"`
+	Priority int32 `protobuf:"varint,10,opt,name=priority,proto3" json:"priority,omitempty"`
+	// Largest request body accepted; larger ones get 413. 0 = no limit.
+	MaxBodyBytes  uint64 `protobuf:"varint,11,opt,name=max_body_bytes,json=maxBodyBytes,proto3" json:"max_body_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1389,6 +1391,13 @@ func (x *RouteSpec) GetCircuitBreaker() string {
 func (x *RouteSpec) GetPriority() int32 {
 	if x != nil {
 		return x.Priority
+	}
+	return 0
+}
+
+func (x *RouteSpec) GetMaxBodyBytes() uint64 {
+	if x != nil {
+		return x.MaxBodyBytes
 	}
 	return 0
 }
@@ -2963,7 +2972,7 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\x14insecure_skip_verify\x18\x03 \x01(\bR\x12insecureSkipVerify\"f\n" +
 	"\x05Route\x121\n" +
 	"\bmetadata\x18\x01 \x01(\v2\x15.meridian.v1.MetadataR\bmetadata\x12*\n" +
-	"\x04spec\x18\x02 \x01(\v2\x16.meridian.v1.RouteSpecR\x04spec\"\xb2\x03\n" +
+	"\x04spec\x18\x02 \x01(\v2\x16.meridian.v1.RouteSpecR\x04spec\"\xd8\x03\n" +
 	"\tRouteSpec\x12-\n" +
 	"\x05match\x18\x01 \x01(\v2\x17.meridian.v1.RouteMatchR\x05match\x12\x1a\n" +
 	"\bupstream\x18\x02 \x01(\tR\bupstream\x12.\n" +
@@ -2976,7 +2985,8 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"rateLimits\x12'\n" +
 	"\x0fcircuit_breaker\x18\t \x01(\tR\x0ecircuitBreaker\x12\x1a\n" +
 	"\bpriority\x18\n" +
-	" \x01(\x05R\bpriority\"\x9e\x01\n" +
+	" \x01(\x05R\bpriority\x12$\n" +
+	"\x0emax_body_bytes\x18\v \x01(\x04R\fmaxBodyBytes\"\x9e\x01\n" +
 	"\n" +
 	"RouteMatch\x12\x14\n" +
 	"\x05hosts\x18\x01 \x03(\tR\x05hosts\x12\x18\n" +

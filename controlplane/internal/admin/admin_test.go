@@ -20,27 +20,11 @@ import (
 	"github.com/meridian-gw/meridian/controlplane/internal/etcdtest"
 	"github.com/meridian-gw/meridian/controlplane/internal/store"
 	"github.com/meridian-gw/meridian/proto/config"
+	"github.com/meridian-gw/meridian/proto/config/configtest"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func upstream(name, addr string) *meridianv1.Resource {
-	return &meridianv1.Resource{Kind: &meridianv1.Resource_Upstream{Upstream: &meridianv1.Upstream{
-		Metadata: &meridianv1.Metadata{Name: name},
-		Spec:     &meridianv1.UpstreamSpec{Targets: []*meridianv1.Target{{Address: addr}}},
-	}}}
-}
-
-func route(name, up, prefix string) *meridianv1.Resource {
-	return &meridianv1.Resource{Kind: &meridianv1.Resource_Route{Route: &meridianv1.Route{
-		Metadata: &meridianv1.Metadata{Name: name},
-		Spec: &meridianv1.RouteSpec{
-			Upstream: up,
-			Match:    &meridianv1.RouteMatch{Paths: []*meridianv1.PathMatch{{Kind: &meridianv1.PathMatch_Prefix{Prefix: prefix}}}},
-		},
-	}}}
-}
 
 // failingStore returns err from every call.
 type failingStore struct{ err error }
@@ -69,7 +53,7 @@ func (f failingStore) ListDataplanes(context.Context) ([]*meridianv1.DataplaneSt
 
 // calls invokes every admin method once with a well-formed request.
 func calls(s *Server) map[string]func(context.Context) error {
-	apply := []*meridianv1.Resource{upstream("a", "127.0.0.1:1")}
+	apply := []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1")}
 	return map[string]func(context.Context) error{
 		"Apply": func(ctx context.Context) error {
 			_, err := s.Apply(ctx, &meridianv1.ApplyRequest{Resources: apply})
@@ -147,7 +131,7 @@ func TestErrorCodes(t *testing.T) {
 func TestValidationErrorDetails(t *testing.T) {
 	problems := config.ErrorList{{Kind: "Route", Name: "r", Path: "spec.upstream", Msg: "missing"}}
 	s := NewServer(failingStore{fmt.Errorf("%w: %w", store.ErrInvalid, problems)}, nil)
-	_, err := s.Apply(context.Background(), &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{upstream("a", "127.0.0.1:1")}})
+	_, err := s.Apply(context.Background(), &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1")}})
 	var got []*meridianv1.ConfigError
 	for _, d := range status.Convert(err).Details() {
 		if ce, ok := d.(*meridianv1.ConfigError); ok {
@@ -291,7 +275,7 @@ func TestTokenAuth(t *testing.T) {
 				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", tt.header)
 			}
 			_, err := client.Apply(ctx, &meridianv1.ApplyRequest{
-				Resources: []*meridianv1.Resource{upstream("u", fmt.Sprintf("127.0.0.1:%d", 1000+i))},
+				Resources: []*meridianv1.Resource{configtest.Upstream("u", fmt.Sprintf("127.0.0.1:%d", 1000+i))},
 				Author:    "claimed",
 			})
 			if status.Code(err) != tt.code {
@@ -319,7 +303,7 @@ func TestAdminOverStore(t *testing.T) {
 	ctx := testCtx(t)
 
 	// Dry run: summary, nothing written.
-	dry, err := client.Apply(ctx, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{upstream("u", "127.0.0.1:1")}, DryRun: true})
+	dry, err := client.Apply(ctx, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{configtest.Upstream("u", "127.0.0.1:1")}, DryRun: true})
 	if err != nil || !dry.GetDryRun() || dry.GetVersion() != 0 || len(dry.GetChanges()) != 1 {
 		t.Fatalf("dry run = %v, %v", dry, err)
 	}
@@ -328,13 +312,13 @@ func TestAdminOverStore(t *testing.T) {
 	}
 
 	// Server-side validation, whatever the client did.
-	_, err = client.Apply(ctx, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{route("r", "missing", "/"), upstream("", "nope")}})
+	_, err = client.Apply(ctx, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{configtest.Route("r", "missing", "/"), configtest.Upstream("", "nope")}})
 	st := status.Convert(err)
 	if st.Code() != codes.InvalidArgument || strings.Count(st.Message(), "\n") < 1 || !strings.Contains(st.Message(), `"missing" does not exist`) {
 		t.Fatalf("invalid apply: %v", err)
 	}
 
-	applied, err := client.Apply(ctx, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{upstream("u", "127.0.0.1:1"), route("r", "u", "/")}})
+	applied, err := client.Apply(ctx, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{configtest.Upstream("u", "127.0.0.1:1"), configtest.Route("r", "u", "/")}})
 	if err != nil || applied.GetVersion() != 1 {
 		t.Fatalf("Apply = %v, %v", applied, err)
 	}
@@ -343,7 +327,7 @@ func TestAdminOverStore(t *testing.T) {
 			t.Errorf("Apply returned a diff for %s", c.GetName())
 		}
 	}
-	diff, err := client.Diff(ctx, &meridianv1.DiffRequest{Resources: []*meridianv1.Resource{upstream("u", "127.0.0.1:2")}})
+	diff, err := client.Diff(ctx, &meridianv1.DiffRequest{Resources: []*meridianv1.Resource{configtest.Upstream("u", "127.0.0.1:2")}})
 	if err != nil || len(diff.GetChanges()) != 1 || !strings.Contains(diff.GetChanges()[0].GetDiff(), "+") {
 		t.Fatalf("Diff = %v, %v", diff, err)
 	}
@@ -353,10 +337,10 @@ func TestAdminOverStore(t *testing.T) {
 	if _, err := client.Delete(ctx, &meridianv1.DeleteRequest{Kind: "upstream", Name: "u"}); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("deleting a referenced upstream: %v, want InvalidArgument", err)
 	}
-	if _, err := client.Apply(ctx, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{upstream("u", "127.0.0.1:3")}, ExpectedVersion: 1}); err != nil {
+	if _, err := client.Apply(ctx, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{configtest.Upstream("u", "127.0.0.1:3")}, ExpectedVersion: 1}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := client.Apply(ctx, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{upstream("u", "127.0.0.1:4")}, ExpectedVersion: 1}); status.Code(err) != codes.Aborted {
+	if _, err := client.Apply(ctx, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{configtest.Upstream("u", "127.0.0.1:4")}, ExpectedVersion: 1}); status.Code(err) != codes.Aborted {
 		t.Fatalf("stale expected version: %v, want Aborted", err)
 	}
 	rb, err := client.Rollback(ctx, &meridianv1.RollbackRequest{})

@@ -19,17 +19,11 @@ import (
 	"github.com/meridian-gw/meridian/controlplane/internal/snapshot"
 	"github.com/meridian-gw/meridian/controlplane/internal/store"
 	"github.com/meridian-gw/meridian/proto/config"
+	"github.com/meridian-gw/meridian/proto/config/configtest"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func upstream(name, addr string) *meridianv1.Resource {
-	return &meridianv1.Resource{Kind: &meridianv1.Resource_Upstream{Upstream: &meridianv1.Upstream{
-		Metadata: &meridianv1.Metadata{Name: name},
-		Spec:     &meridianv1.UpstreamSpec{Targets: []*meridianv1.Target{{Address: addr}}},
-	}}}
-}
 
 // env is a control plane in miniature: store and watcher on embedded
 // etcd, a snapshot cache, and the discovery server on a loopback listener.
@@ -151,13 +145,13 @@ func (e *env) waitState(t *testing.T, id string, want meridianv1.DataplaneState)
 
 func TestSnapshotAckNackAndUpdates(t *testing.T) {
 	e := newEnv(t)
-	v1 := e.apply(t, upstream("users", "127.0.0.1:9001"))
+	v1 := e.apply(t, configtest.Upstream("users", "127.0.0.1:9001"))
 	stream := e.open(t, "dp-1", 0, "")
 
 	// First snapshot.
 	snap := recv(t, stream)
 	if snap.GetVersion() != v1 || snap.GetNonce() == "" || len(snap.GetResources()) != 1 ||
-		!proto.Equal(snap.GetResources()[0], upstream("users", "127.0.0.1:9001")) ||
+		!proto.Equal(snap.GetResources()[0], configtest.Upstream("users", "127.0.0.1:9001")) ||
 		snap.GetHash() != config.Hash(snap.GetResources()) {
 		t.Fatalf("first snapshot = %v", snap)
 	}
@@ -173,7 +167,7 @@ func TestSnapshotAckNackAndUpdates(t *testing.T) {
 	}
 
 	// A new apply reaches the connected stream.
-	v2 := e.apply(t, upstream("users", "127.0.0.1:9002"))
+	v2 := e.apply(t, configtest.Upstream("users", "127.0.0.1:9002"))
 	snap2 := recv(t, stream)
 	if snap2.GetVersion() != v2 || snap2.GetNonce() == snap.GetNonce() {
 		t.Fatalf("second snapshot = %v", snap2)
@@ -211,7 +205,7 @@ func TestSnapshotAckNackAndUpdates(t *testing.T) {
 
 func TestNoResendWhenCurrent(t *testing.T) {
 	e := newEnv(t)
-	v1 := e.apply(t, upstream("users", "127.0.0.1:9001"))
+	v1 := e.apply(t, configtest.Upstream("users", "127.0.0.1:9001"))
 	// Wait until the cache serves v1, and learn its hash as a data plane
 	// would have from an earlier stream.
 	first := e.open(t, "dp-a", 0, "")
@@ -220,7 +214,7 @@ func TestNoResendWhenCurrent(t *testing.T) {
 	stream := e.open(t, "dp-b", v1, snap.GetHash())
 	e.waitState(t, "dp-b", meridianv1.DataplaneState_DATAPLANE_STATE_SYNCED)
 	// The next thing on the stream is the next version, not a resend.
-	v2 := e.apply(t, upstream("users", "127.0.0.1:9002"))
+	v2 := e.apply(t, configtest.Upstream("users", "127.0.0.1:9002"))
 	if got := recv(t, stream); got.GetVersion() != v2 {
 		t.Fatalf("data plane holding v%d received v%d first, want v%d", v1, got.GetVersion(), v2)
 	}
@@ -245,7 +239,7 @@ func TestRejectsBadNode(t *testing.T) {
 
 func TestCloseEndsStreams(t *testing.T) {
 	e := newEnv(t)
-	e.apply(t, upstream("users", "127.0.0.1:9001"))
+	e.apply(t, configtest.Upstream("users", "127.0.0.1:9001"))
 	stream := e.open(t, "dp-1", 0, "")
 	recv(t, stream)
 	e.discovery.Close()

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"github.com/meridian-gw/meridian/proto/config/configtest"
 	"testing"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -44,8 +45,8 @@ func TestDataplaneStates(t *testing.T) {
 	e := newEnv(t)
 	s := e.store
 	ctx := testCtx(t)
-	mustApply(t, s, ApplyInput{Resources: []*meridianv1.Resource{upstream("a", "127.0.0.1:1")}})
-	mustApply(t, s, ApplyInput{Resources: []*meridianv1.Resource{upstream("a", "127.0.0.1:2")}})
+	mustApply(t, s, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1")}})
+	mustApply(t, s, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:2")}})
 	// Current version is 2.
 
 	steps := []struct {

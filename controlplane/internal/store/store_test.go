@@ -18,27 +18,11 @@ import (
 	"github.com/meridian-gw/meridian/controlplane/internal/embedetcd"
 	"github.com/meridian-gw/meridian/controlplane/internal/etcdtest"
 	"github.com/meridian-gw/meridian/proto/config"
+	"github.com/meridian-gw/meridian/proto/config/configtest"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-func upstream(name, addr string) *meridianv1.Resource {
-	return &meridianv1.Resource{Kind: &meridianv1.Resource_Upstream{Upstream: &meridianv1.Upstream{
-		Metadata: &meridianv1.Metadata{Name: name},
-		Spec:     &meridianv1.UpstreamSpec{Targets: []*meridianv1.Target{{Address: addr}}},
-	}}}
-}
-
-func route(name, up, prefix string) *meridianv1.Resource {
-	return &meridianv1.Resource{Kind: &meridianv1.Resource_Route{Route: &meridianv1.Route{
-		Metadata: &meridianv1.Metadata{Name: name},
-		Spec: &meridianv1.RouteSpec{
-			Upstream: up,
-			Match:    &meridianv1.RouteMatch{Paths: []*meridianv1.PathMatch{{Kind: &meridianv1.PathMatch_Prefix{Prefix: prefix}}}},
-		},
-	}}}
-}
 
 type env struct {
 	client *clientv3.Client
@@ -135,7 +119,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatalf("Current on empty store = %d, %v; want 0, nil", v, err)
 	}
 
-	v1 := []*meridianv1.Resource{upstream("users", "127.0.0.1:9001"), route("get-user", "users", "/users")}
+	v1 := []*meridianv1.Resource{configtest.Upstream("users", "127.0.0.1:9001"), configtest.Route("get-user", "users", "/users")}
 	v, changes, err := s.Apply(ctx, ApplyInput{Resources: v1, Message: "first", Author: "alice"})
 	if err != nil || v != 1 {
 		t.Fatalf("Apply v1 = %d, %v; want 1", v, err)
@@ -161,7 +145,7 @@ func TestRoundTrip(t *testing.T) {
 	}
 
 	// Update one, repeat the other: one update, one unchanged.
-	v2up := upstream("users", "127.0.0.1:9002")
+	v2up := configtest.Upstream("users", "127.0.0.1:9002")
 	v, changes, err = s.Apply(ctx, ApplyInput{Resources: []*meridianv1.Resource{v2up, v1[1]}, Message: "move", Author: "bob"})
 	if err != nil || v != 2 {
 		t.Fatalf("Apply v2 = %d, %v; want 2", v, err)
@@ -250,7 +234,7 @@ func TestRollbackWithoutEarlierVersion(t *testing.T) {
 	if _, _, _, err := e.store.Rollback(ctx, 0, "", ""); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Rollback on empty store: %v, want ErrNotFound", err)
 	}
-	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{upstream("a", "127.0.0.1:1")}})
+	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1")}})
 	if _, _, _, err := e.store.Rollback(ctx, 0, "", ""); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Rollback at version 1: %v, want ErrNotFound", err)
 	}
@@ -258,8 +242,8 @@ func TestRollbackWithoutEarlierVersion(t *testing.T) {
 
 func TestPrune(t *testing.T) {
 	e := newEnv(t)
-	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{upstream("a", "127.0.0.1:1"), upstream("b", "127.0.0.1:2")}})
-	v, changes, err := e.store.Apply(testCtx(t), ApplyInput{Resources: []*meridianv1.Resource{upstream("a", "127.0.0.1:1")}, Prune: true})
+	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1"), configtest.Upstream("b", "127.0.0.1:2")}})
+	v, changes, err := e.store.Apply(testCtx(t), ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1")}, Prune: true})
 	if err != nil || v != 2 {
 		t.Fatalf("Apply prune = %d, %v", v, err)
 	}
@@ -268,18 +252,18 @@ func TestPrune(t *testing.T) {
 		t.Errorf("delete diff:\n%s", changes[1].GetDiff())
 	}
 	cfg, _ := list(t, e.store)
-	sameConfig(t, cfg, []*meridianv1.Resource{upstream("a", "127.0.0.1:1")})
+	sameConfig(t, cfg, []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1")})
 }
 
 func TestHistorySurvivesCompaction(t *testing.T) {
 	e := newEnv(t)
 	ctx := testCtx(t)
-	v1 := []*meridianv1.Resource{upstream("a", "127.0.0.1:1"), route("r", "a", "/")}
+	v1 := []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1"), configtest.Route("r", "a", "/")}
 	mustApply(t, e.store, ApplyInput{Resources: v1})
 	for i := range 5 {
-		mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{upstream("a", fmt.Sprintf("127.0.0.1:%d", i+2))}})
+		mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("a", fmt.Sprintf("127.0.0.1:%d", i+2))}})
 	}
-	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{upstream("b", "127.0.0.1:99")}})
+	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("b", "127.0.0.1:99")}})
 	resp, err := e.client.Get(ctx, "any")
 	if err != nil {
 		t.Fatal(err)
@@ -303,13 +287,13 @@ func TestHistorySurvivesCompaction(t *testing.T) {
 func TestDryRunWritesNothing(t *testing.T) {
 	e := newEnv(t)
 	ctx := testCtx(t)
-	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{upstream("a", "127.0.0.1:1")}})
+	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1")}})
 	before, err := e.client.Get(ctx, e.store.prefix, clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}
 	v, changes, err := e.store.Apply(ctx, ApplyInput{
-		Resources: []*meridianv1.Resource{upstream("a", "127.0.0.1:2"), upstream("b", "127.0.0.1:3")},
+		Resources: []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:2"), configtest.Upstream("b", "127.0.0.1:3")},
 		Prune:     true,
 		DryRun:    true,
 	})
@@ -330,7 +314,7 @@ func TestDryRunWritesNothing(t *testing.T) {
 }
 
 func TestInvalidConfigRejectedWhole(t *testing.T) {
-	base := []*meridianv1.Resource{upstream("users", "127.0.0.1:1"), route("r", "users", "/")}
+	base := []*meridianv1.Resource{configtest.Upstream("users", "127.0.0.1:1"), configtest.Route("r", "users", "/")}
 	tests := []struct {
 		name   string
 		apply  func(s *Store) error
@@ -339,7 +323,7 @@ func TestInvalidConfigRejectedWhole(t *testing.T) {
 		{
 			name: "dangling reference with a valid sibling",
 			apply: func(s *Store) error {
-				_, _, err := s.Apply(testCtx(t), ApplyInput{Resources: []*meridianv1.Resource{upstream("ok", "127.0.0.1:2"), route("bad", "missing", "/bad")}})
+				_, _, err := s.Apply(testCtx(t), ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("ok", "127.0.0.1:2"), configtest.Route("bad", "missing", "/bad")}})
 				return err
 			},
 			inList: `"missing" does not exist`,
@@ -347,7 +331,7 @@ func TestInvalidConfigRejectedWhole(t *testing.T) {
 		{
 			name: "duplicate in one apply",
 			apply: func(s *Store) error {
-				_, _, err := s.Apply(testCtx(t), ApplyInput{Resources: []*meridianv1.Resource{upstream("x", "127.0.0.1:2"), upstream("x", "127.0.0.1:3")}})
+				_, _, err := s.Apply(testCtx(t), ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("x", "127.0.0.1:2"), configtest.Upstream("x", "127.0.0.1:3")}})
 				return err
 			},
 			inList: "duplicate",
@@ -363,7 +347,7 @@ func TestInvalidConfigRejectedWhole(t *testing.T) {
 		{
 			name: "prune would orphan a route",
 			apply: func(s *Store) error {
-				_, _, err := s.Apply(testCtx(t), ApplyInput{Resources: []*meridianv1.Resource{route("r", "users", "/")}, Prune: true})
+				_, _, err := s.Apply(testCtx(t), ApplyInput{Resources: []*meridianv1.Resource{configtest.Route("r", "users", "/")}, Prune: true})
 				return err
 			},
 			inList: `"users" does not exist`,
@@ -415,7 +399,7 @@ func TestConcurrentAppliesAllLand(t *testing.T) {
 	for i := range n {
 		wg.Go(func() {
 			versions[i], _, errs[i] = e.store.Apply(testCtx(t), ApplyInput{
-				Resources: []*meridianv1.Resource{upstream(fmt.Sprintf("u%02d", i), fmt.Sprintf("127.0.0.1:%d", 1000+i))},
+				Resources: []*meridianv1.Resource{configtest.Upstream(fmt.Sprintf("u%02d", i), fmt.Sprintf("127.0.0.1:%d", 1000+i))},
 				Author:    fmt.Sprint(i),
 			})
 		})
@@ -443,7 +427,7 @@ func TestConcurrentAppliesAllLand(t *testing.T) {
 
 func TestStaleExpectedVersionConflicts(t *testing.T) {
 	e := newEnv(t)
-	base := mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{upstream("a", "127.0.0.1:1")}})
+	base := mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1")}})
 
 	// Two operators edit the same resource based on the same version.
 	var wg sync.WaitGroup
@@ -451,7 +435,7 @@ func TestStaleExpectedVersionConflicts(t *testing.T) {
 	for i := range 2 {
 		wg.Go(func() {
 			_, _, errs[i] = e.store.Apply(testCtx(t), ApplyInput{
-				Resources:       []*meridianv1.Resource{upstream("a", fmt.Sprintf("127.0.0.1:%d", 10+i))},
+				Resources:       []*meridianv1.Resource{configtest.Upstream("a", fmt.Sprintf("127.0.0.1:%d", 10+i))},
 				ExpectedVersion: base,
 			})
 		})
@@ -479,12 +463,12 @@ func TestStaleExpectedVersionConflicts(t *testing.T) {
 func TestExpectedVersion(t *testing.T) {
 	// Version 1: a, b. Version 2: a changed. Version 3: b deleted, c created.
 	e := newEnv(t)
-	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{upstream("a", "127.0.0.1:1"), upstream("b", "127.0.0.1:2")}})
-	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{upstream("a", "127.0.0.1:3")}})
+	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1"), configtest.Upstream("b", "127.0.0.1:2")}})
+	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:3")}})
 	if _, err := e.store.Delete(testCtx(t), "Upstream", "b", "", "", 0); err != nil {
 		t.Fatal(err)
 	}
-	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{upstream("c", "127.0.0.1:4")}})
+	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("c", "127.0.0.1:4")}})
 	// Now version 4.
 	tests := []struct {
 		name     string
@@ -492,13 +476,13 @@ func TestExpectedVersion(t *testing.T) {
 		apply    []*meridianv1.Resource
 		conflict bool
 	}{
-		{"changed after expected", 1, []*meridianv1.Resource{upstream("a", "127.0.0.1:9")}, true},
-		{"deleted after expected", 2, []*meridianv1.Resource{upstream("b", "127.0.0.1:9")}, true},
-		{"created after expected", 3, []*meridianv1.Resource{upstream("c", "127.0.0.1:9")}, true},
-		{"expected is in the future", 10, []*meridianv1.Resource{upstream("d", "127.0.0.1:9")}, true},
-		{"unchanged resource is not touched", 1, []*meridianv1.Resource{upstream("a", "127.0.0.1:3")}, false},
-		{"untouched since expected", 2, []*meridianv1.Resource{upstream("a", "127.0.0.1:5")}, false},
-		{"new resource never existed", 1, []*meridianv1.Resource{upstream("e", "127.0.0.1:9")}, false},
+		{"changed after expected", 1, []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:9")}, true},
+		{"deleted after expected", 2, []*meridianv1.Resource{configtest.Upstream("b", "127.0.0.1:9")}, true},
+		{"created after expected", 3, []*meridianv1.Resource{configtest.Upstream("c", "127.0.0.1:9")}, true},
+		{"expected is in the future", 10, []*meridianv1.Resource{configtest.Upstream("d", "127.0.0.1:9")}, true},
+		{"unchanged resource is not touched", 1, []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:3")}, false},
+		{"untouched since expected", 2, []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:5")}, false},
+		{"new resource never existed", 1, []*meridianv1.Resource{configtest.Upstream("e", "127.0.0.1:9")}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -589,7 +573,7 @@ func TestWatchPublishesVersionsInOrder(t *testing.T) {
 	runWatch(t, func(ctx context.Context) error { return e.store.Watch(ctx, c.publish) })
 	c.waitFor(t, 0)
 	for i := 1; i <= 5; i++ {
-		mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{upstream(fmt.Sprintf("u%d", i), "127.0.0.1:1")}})
+		mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream(fmt.Sprintf("u%d", i), "127.0.0.1:1")}})
 		c.waitFor(t, uint64(i))
 	}
 	if _, err := e.store.Delete(testCtx(t), "Upstream", "u3", "", "", 0); err != nil {
@@ -617,7 +601,7 @@ func TestWatchPublishesVersionsInOrder(t *testing.T) {
 func TestWatchRelistsAfterCompaction(t *testing.T) {
 	e := newEnv(t)
 	ctx := testCtx(t)
-	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{upstream("a", "127.0.0.1:1")}})
+	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1")}})
 
 	c := newCollector()
 	w := &watcher{store: e.store, publish: c.publish}
@@ -626,8 +610,8 @@ func TestWatchRelistsAfterCompaction(t *testing.T) {
 	}
 	// While the watcher is not watching, versions 2 and 3 land and the
 	// revisions it would resume from are compacted away.
-	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{upstream("b", "127.0.0.1:2")}})
-	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{upstream("c", "127.0.0.1:3")}})
+	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("b", "127.0.0.1:2")}})
+	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("c", "127.0.0.1:3")}})
 	resp, err := e.client.Get(ctx, "any")
 	if err != nil {
 		t.Fatal(err)
@@ -638,13 +622,13 @@ func TestWatchRelistsAfterCompaction(t *testing.T) {
 
 	runWatch(t, w.run)
 	p := c.waitFor(t, 3)
-	sameConfig(t, byKey(p.resources), []*meridianv1.Resource{upstream("a", "127.0.0.1:1"), upstream("b", "127.0.0.1:2"), upstream("c", "127.0.0.1:3")})
+	sameConfig(t, byKey(p.resources), []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1"), configtest.Upstream("b", "127.0.0.1:2"), configtest.Upstream("c", "127.0.0.1:3")})
 	// Version 2 was never seen: the watcher relisted instead of replaying.
 	if got := fmt.Sprint(c.versions()); got != "[1 3]" {
 		t.Fatalf("published versions %s, want [1 3]", got)
 	}
 	// And it keeps watching after the relist.
-	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{upstream("d", "127.0.0.1:4")}})
+	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("d", "127.0.0.1:4")}})
 	c.waitFor(t, 4)
 }
 
@@ -671,7 +655,7 @@ func TestWatchSurvivesEtcdRestart(t *testing.T) {
 
 	srv.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	_, _, err = s.Apply(ctx, ApplyInput{Resources: []*meridianv1.Resource{upstream("a", "127.0.0.1:1")}})
+	_, _, err = s.Apply(ctx, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1")}})
 	cancel()
 	if err == nil {
 		t.Fatal("Apply succeeded with etcd down")
@@ -680,7 +664,7 @@ func TestWatchSurvivesEtcdRestart(t *testing.T) {
 	if srv, err = embedetcd.Start(context.Background(), cfg); err != nil {
 		t.Fatalf("restart etcd: %v", err)
 	}
-	mustApply(t, s, ApplyInput{Resources: []*meridianv1.Resource{upstream("a", "127.0.0.1:1")}})
+	mustApply(t, s, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1")}})
 	col.waitFor(t, 1)
 	// The watch is cancelled (by runWatch's cleanup) while etcd is down
 	// again; Watch must still return.

@@ -1,13 +1,23 @@
 // Package upstream holds the per-upstream state the proxy sends traffic
-// through: the targets, the balancer and a tuned http.Transport. Pools are
-// rebuilt on every snapshot, but a pool whose spec did not change is reused
-// whole, and a transport whose settings did not change is shared, so
-// connections and balancer state survive config pushes.
+// through: the targets with their health, the load balancer and a tuned
+// http.Transport. Pools are rebuilt on every snapshot, but a pool whose
+// spec did not change is reused whole, a pool whose targets changed keeps
+// the health of the addresses it still has, and a transport whose
+// settings did not change is shared, so connections, balancer state and
+// health state survive config pushes.
+//
+// The proxy calls Pick for each attempt and Done when the attempt is over;
+// Done feeds passive outlier ejection and least_request's in-flight counts.
+// A pool with an active health check owns one goroutine, started by New and
+// stopped by Close (CloseUnused closes the pools a new configuration no
+// longer uses).
 package upstream
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -32,6 +42,10 @@ const (
 	DefaultConnectTimeout      = 5 * time.Second
 )
 
+// ErrNoHealthyTarget means every target of an upstream is unhealthy or
+// ejected, or the upstream has none. The proxy answers 503 at once.
+var ErrNoHealthyTarget = errors.New("no healthy target")
+
 // Pool is one upstream: its targets, balancer and transport. A Pool's
 // targets never change; a new spec makes a new Pool.
 type Pool struct {
@@ -39,19 +53,109 @@ type Pool struct {
 	spec      *meridianv1.UpstreamSpec
 	scheme    string // URL scheme: http or https (h2c is http over an h2c transport)
 	transport *http.Transport
-	targets   []string
-	balancer  balancer
+	targets   []*Target
+	addrs     []string
+	picker    picker
+	noTarget  error // prebuilt so that Pick never allocates
+	passive   passiveConfig
+	now       func() int64 // Unix nanoseconds; replaced in tests
+
+	ejectMu sync.Mutex // serialises ejections so maxEjectionPercent holds
+
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// Target is one address of an upstream with its health and load. Pick
+// returns it; the proxy hands it back to Done.
+type Target struct {
+	addr   string
+	weight int64
+
+	inflight atomic.Int64 // attempts between Pick and Done
+	down     atomic.Bool  // active health check verdict
+	probed   atomic.Bool  // the active check has judged this target at least once
+
+	// Passive outlier ejection. Pick reads ejectedUntil lock-free; eject
+	// changes it under the pool's ejectMu. Atomics let a successor pool
+	// copy the state while this pool still serves.
+	failures     atomic.Int64 // consecutive failed attempts
+	ejectedUntil atomic.Int64 // Unix nanoseconds; 0 = not ejected
+	ejections    atomic.Int64 // how many recent ejections; multiplies ejectionTime
+	lastEjectEnd atomic.Int64 // when the last ejection ends or ended (Unix nanoseconds)
+}
+
+// Address returns the target's host:port.
+func (t *Target) Address() string { return t.addr }
+
+// available reports whether Pick may choose t. The clock is read only
+// while t is ejected, so the healthy path costs two atomic loads.
+func (t *Target) available(now func() int64) bool {
+	if t.down.Load() {
+		return false
+	}
+	until := t.ejectedUntil.Load()
+	if until == 0 {
+		return true
+	}
+	if now() < until {
+		return false
+	}
+	t.ejectedUntil.CompareAndSwap(until, 0)
+	return true
+}
+
+// Outcome is how one attempt at a target ended, as the proxy saw it.
+type Outcome struct {
+	// Err is set when no response arrived: connect failure, reset, timeout.
+	// context.Canceled (the client went away) says nothing about the target
+	// and is ignored by outlier ejection.
+	Err error
+	// Status is the upstream's response status, 0 when there was none.
+	Status int
+	// Latency is the time from sending the request to the response header.
+	Latency time.Duration
+}
+
+// Failed reports whether the attempt counts against the target for
+// passive outlier ejection: an error other than the client's cancellation,
+// or a 5xx status.
+func (o Outcome) Failed() bool {
+	return (o.Err != nil && !errors.Is(o.Err, context.Canceled)) || o.Status >= 500
+}
+
+// neutral reports whether the attempt says nothing about the target.
+func (o Outcome) neutral() bool {
+	return o.Status == 0 && (o.Err == nil || errors.Is(o.Err, context.Canceled))
 }
 
 // New builds the pool for an upstream. prev is the pool of the same name in
-// the configuration being replaced, or nil: when its spec is equal, prev
-// itself is returned; when only the targets or balancing changed, the new
-// pool shares prev's transport. Errors are *config.FieldError.
+// the configuration being replaced, or nil:
+//   - when its spec is equal (proto.Equal), prev itself is returned, with
+//     its balancer, health state and health-check goroutine;
+//   - otherwise the new pool starts with prev's health state for every
+//     address it keeps, and shares prev's transport when the scheme, TLS,
+//     connection pool and timeouts are unchanged.
+//
+// The new pool's health checker, if any, runs until Close. Errors are
+// *config.FieldError.
 func New(name string, spec *meridianv1.UpstreamSpec, prev *Pool) (*Pool, error) {
+	return build(name, spec, prev, func() int64 { return time.Now().UnixNano() })
+}
+
+func build(name string, spec *meridianv1.UpstreamSpec, prev *Pool, now func() int64) (*Pool, error) {
 	if prev != nil && proto.Equal(prev.spec, spec) {
 		return prev, nil
 	}
-	p := &Pool{name: name, spec: spec, scheme: "http"}
+	p := &Pool{
+		name:     name,
+		spec:     spec,
+		scheme:   "http",
+		noTarget: fmt.Errorf("upstream %q: %w", name, ErrNoHealthyTarget),
+		passive:  newPassiveConfig(spec.GetHealthCheck().GetPassive()),
+		now:      now,
+	}
 	if spec.GetScheme() == meridianv1.Scheme_SCHEME_HTTPS {
 		p.scheme = "https"
 	}
@@ -64,13 +168,56 @@ func New(name string, spec *meridianv1.UpstreamSpec, prev *Pool) (*Pool, error) 
 		}
 		p.transport = t
 	}
-	weights := make([]int64, len(spec.GetTargets()))
-	for i, t := range spec.GetTargets() {
-		p.targets = append(p.targets, t.GetAddress())
-		weights[i] = max(int64(t.GetWeight()), 1)
+
+	active := spec.GetHealthCheck().GetActive()
+	var old map[string]*Target
+	if prev != nil {
+		old = make(map[string]*Target, len(prev.targets))
+		for _, t := range prev.targets {
+			old[t.addr] = t
+		}
 	}
-	p.balancer = newBalancer(weights)
+	for _, ts := range spec.GetTargets() {
+		t := &Target{addr: ts.GetAddress(), weight: max(int64(ts.GetWeight()), 1)}
+		if o := old[t.addr]; o != nil {
+			t.inherit(o, active != nil, p.passive.enabled)
+		}
+		p.targets = append(p.targets, t)
+		p.addrs = append(p.addrs, t.addr)
+	}
+
+	picker, err := newPicker(spec.GetLoadBalancer(), p.targets)
+	if err != nil {
+		return nil, &config.FieldError{Kind: config.KindUpstream, Name: name, Path: "spec.loadBalancer.hashOn", Msg: err.Error()}
+	}
+	p.picker = picker
+
+	ctx, cancel := context.WithCancel(context.Background())
+	p.stop = cancel
+	if active != nil && len(p.targets) > 0 {
+		c := newChecker(p, active)
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			c.run(ctx)
+		}()
+	}
 	return p, nil
+}
+
+// inherit copies the health state of the same address in the previous
+// pool, keeping only what this pool still checks for.
+func (t *Target) inherit(o *Target, active, passive bool) {
+	if active {
+		t.down.Store(o.down.Load())
+		t.probed.Store(o.probed.Load())
+	}
+	if passive {
+		t.failures.Store(o.failures.Load())
+		t.ejectedUntil.Store(o.ejectedUntil.Load())
+		t.ejections.Store(o.ejections.Load())
+		t.lastEjectEnd.Store(o.lastEjectEnd.Load())
+	}
 }
 
 // Name returns the upstream's name.
@@ -83,28 +230,112 @@ func (p *Pool) Scheme() string { return p.scheme }
 func (p *Pool) Transport() *http.Transport { return p.transport }
 
 // Targets returns the target addresses. The caller must not modify them.
-func (p *Pool) Targets() []string { return p.targets }
+func (p *Pool) Targets() []string { return p.addrs }
 
-// Next picks the target for a request. ok is false when the upstream has no
-// targets.
-func (p *Pool) Next() (addr string, ok bool) {
-	if len(p.targets) == 0 {
-		return "", false
+// Pick chooses the target for one attempt of r, following the upstream's
+// load-balancing policy and skipping unhealthy and ejected targets. r may
+// be nil (hash policies then fall back to round robin). It never blocks;
+// when no target is available the error wraps ErrNoHealthyTarget. Every
+// successful Pick must be followed by exactly one Done.
+func (p *Pool) Pick(r *http.Request) (*Target, error) {
+	t := p.picker.pick(r, p.now)
+	if t == nil {
+		return nil, p.noTarget
 	}
-	return p.targets[p.balancer.next()], true
+	t.inflight.Add(1)
+	return t, nil
 }
 
-// CloseUnused closes the idle connections of every transport used in old
-// and not in current. Call it after current has replaced old, so requests
-// still running on old finish; their connections close when they return.
+// Done reports how the attempt at t, which Pick returned, ended.
+func (p *Pool) Done(t *Target, o Outcome) {
+	t.inflight.Add(-1)
+	if !p.passive.enabled || o.neutral() {
+		return
+	}
+	if !o.Failed() {
+		if t.failures.Load() != 0 {
+			t.failures.Store(0)
+		}
+		return
+	}
+	if until := t.ejectedUntil.Load(); until != 0 && p.now() < until {
+		return // in flight when t was ejected; its count starts afresh
+	}
+	if n := t.failures.Add(1); n >= p.passive.consecutiveFailures {
+		p.eject(t)
+	}
+}
+
+// Next picks a target for a request and returns its address. ok is false
+// when no target is available.
+//
+// Deprecated: use Pick and Done, which feed health and least_request.
+func (p *Pool) Next() (addr string, ok bool) {
+	t, err := p.Pick(nil)
+	if err != nil {
+		return "", false
+	}
+	t.inflight.Add(-1)
+	return t.addr, true
+}
+
+// TargetStatus is a point-in-time view of one target, for admin endpoints
+// and metrics.
+type TargetStatus struct {
+	Address  string
+	Weight   int64
+	Healthy  bool // the active health check's verdict (true without one)
+	Ejected  bool // ejected by passive outlier detection
+	InFlight int64
+}
+
+// Status returns the state of every target, in spec order.
+func (p *Pool) Status() []TargetStatus {
+	now := p.now()
+	out := make([]TargetStatus, len(p.targets))
+	for i, t := range p.targets {
+		out[i] = TargetStatus{
+			Address:  t.addr,
+			Weight:   t.weight,
+			Healthy:  !t.down.Load(),
+			Ejected:  now < t.ejectedUntil.Load(),
+			InFlight: t.inflight.Load(),
+		}
+	}
+	return out
+}
+
+// Close stops the pool's health checker and waits for it to exit. It does
+// not close the transport, which a newer pool may share; CloseUnused does.
+// Pick and Done keep working on a closed pool, for requests still in
+// flight. Close is idempotent.
+func (p *Pool) Close() {
+	p.closeOnce.Do(func() {
+		p.stop()
+		p.wg.Wait()
+	})
+}
+
+// CloseUnused closes every pool of old that is not in current and the idle
+// connections of every transport used in old and not in current. Call it
+// after current has replaced old, so requests still running on old finish;
+// their connections close when they return. To discard a configuration
+// that failed to build, call CloseUnused(built, live).
 func CloseUnused(old, current map[string]*Pool) {
+	pools := make(map[*Pool]bool, len(current))
 	inUse := make(map[*http.Transport]bool, len(current))
 	for _, p := range current {
+		pools[p] = true
 		inUse[p.transport] = true
 	}
 	for _, p := range old {
+		if pools[p] {
+			continue
+		}
+		pools[p] = true // close once
+		p.Close()
 		if !inUse[p.transport] {
-			inUse[p.transport] = true // close once
+			inUse[p.transport] = true
 			p.transport.CloseIdleConnections()
 		}
 	}
@@ -171,55 +402,4 @@ func newTransport(spec *meridianv1.UpstreamSpec) (*http.Transport, error) {
 		t.TLSClientConfig = tc
 	}
 	return t, nil
-}
-
-// balancer picks target indexes.
-type balancer interface {
-	next() int
-}
-
-func newBalancer(weights []int64) balancer {
-	for _, w := range weights[min(1, len(weights)):] {
-		if w != weights[0] {
-			return &smoothWeighted{weights: weights, current: make([]int64, len(weights))}
-		}
-	}
-	return &roundRobin{n: uint64(len(weights))}
-}
-
-// roundRobin is the lock-free case of equal weights.
-type roundRobin struct {
-	n       uint64
-	counter atomic.Uint64
-}
-
-func (r *roundRobin) next() int {
-	if r.n <= 1 {
-		return 0
-	}
-	return int((r.counter.Add(1) - 1) % r.n)
-}
-
-// smoothWeighted is nginx's smooth weighted round robin: weights 5,1,1 give
-// a a b a c a a rather than a a a a a b c.
-type smoothWeighted struct {
-	mu      sync.Mutex
-	weights []int64
-	current []int64
-}
-
-func (s *smoothWeighted) next() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var total int64
-	best := 0
-	for i, w := range s.weights {
-		s.current[i] += w
-		total += w
-		if s.current[i] > s.current[best] {
-			best = i
-		}
-	}
-	s.current[best] -= total
-	return best
 }

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -23,6 +24,8 @@ import (
 	"github.com/meridian-gw/meridian/dataplane/internal/admin"
 	"github.com/meridian-gw/meridian/dataplane/internal/cache"
 	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
+	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
+	"github.com/meridian-gw/meridian/dataplane/internal/server"
 	cpsync "github.com/meridian-gw/meridian/dataplane/internal/sync"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
@@ -30,7 +33,8 @@ import (
 // version is the build version, set with -ldflags "-X main.version=v1.2.3".
 var version = "dev"
 
-const shutdownTimeout = 10 * time.Second
+// adminShutdownTimeout bounds closing the admin server after the drain.
+const adminShutdownTimeout = 5 * time.Second
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -41,6 +45,12 @@ func main() {
 
 type options struct {
 	listen       string
+	tlsListen    string
+	certFiles    []string
+	keyFiles     []string
+	trusted      []netip.Prefix
+	server       server.Config
+	drainTimeout time.Duration
 	controlplane []string
 	nodeID       string
 	labels       map[string]string
@@ -60,7 +70,24 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	hostname, _ := os.Hostname()
 	fs := flag.NewFlagSet("dataplane", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	listen := fs.String("listen", ":8080", "traffic listen address")
+	listen := fs.String("listen", ":8080", "traffic listen address (HTTP/1.1 and h2c)")
+	tlsListen := fs.String("tls-listen", ":8443", "TLS traffic listen address (HTTP/2 and HTTP/1.1), used when --tls-cert is set")
+	var certFiles, keyFiles []string
+	fs.Func("tls-cert", "TLS certificate file (PEM); repeat or comma-separate, paired in order with --tls-key; chosen by SNI, the first is the default", func(v string) error {
+		certFiles = appendList(certFiles, v)
+		return nil
+	})
+	fs.Func("tls-key", "TLS private key file (PEM) for the --tls-cert at the same position", func(v string) error {
+		keyFiles = appendList(keyFiles, v)
+		return nil
+	})
+	trusted := fs.String("trusted-proxies", "", "comma-separated CIDRs or IPs whose X-Forwarded-* headers are trusted (default none)")
+	readHeaderTimeout := fs.Duration("read-header-timeout", server.DefaultReadHeaderTimeout, "time to read a request's headers")
+	readTimeout := fs.Duration("read-timeout", 0, "time to read a whole request, body included; 0 = none, so long uploads and client streams work")
+	writeTimeout := fs.Duration("write-timeout", 0, "time to write a response; 0 = none, so server-sent events and long downloads work")
+	idleTimeout := fs.Duration("idle-timeout", server.DefaultIdleTimeout, "keep-alive connections idle this long are closed")
+	maxHeaderBytes := fs.Int("max-header-bytes", server.DefaultMaxHeaderBytes, "largest request line and headers accepted, in bytes")
+	drainTimeout := fs.Duration("drain-timeout", server.DefaultDrainTimeout, "on SIGTERM, time in-flight requests get to finish")
 	controlplane := fs.String("controlplane", "127.0.0.1:7400", "control-plane addresses, comma-separated, tried in order")
 	nodeID := fs.String("node-id", hostname, "this data plane's id")
 	labels := fs.String("labels", "", "node labels, k=v,k=v")
@@ -100,7 +127,30 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 		return nil, envErr
 	}
 
-	o := &options{listen: *listen, nodeID: *nodeID, cacheDir: *cacheDir, adminListen: *adminListen, redis: *redis, version: *showVersion}
+	o := &options{
+		listen: *listen, tlsListen: *tlsListen, certFiles: certFiles, keyFiles: keyFiles,
+		nodeID: *nodeID, cacheDir: *cacheDir, adminListen: *adminListen, redis: *redis, version: *showVersion,
+		drainTimeout: *drainTimeout,
+		server: server.Config{
+			ReadHeaderTimeout: *readHeaderTimeout, ReadTimeout: *readTimeout, WriteTimeout: *writeTimeout,
+			IdleTimeout: *idleTimeout, MaxHeaderBytes: *maxHeaderBytes,
+		},
+	}
+	if len(certFiles) != len(keyFiles) {
+		return nil, fmt.Errorf("%w: --tls-cert and --tls-key: %d certificates but %d keys; give them in pairs", errUsage, len(certFiles), len(keyFiles))
+	}
+	for name, d := range map[string]time.Duration{"read-header-timeout": *readHeaderTimeout, "read-timeout": *readTimeout, "write-timeout": *writeTimeout, "idle-timeout": *idleTimeout, "drain-timeout": *drainTimeout} {
+		if d < 0 {
+			return nil, fmt.Errorf("%w: --%s: must not be negative", errUsage, name)
+		}
+	}
+	if *maxHeaderBytes <= 0 {
+		return nil, fmt.Errorf("%w: --max-header-bytes: must be positive", errUsage)
+	}
+	var err error
+	if o.trusted, err = parsePrefixes(*trusted); err != nil {
+		return nil, fmt.Errorf("%w: --trusted-proxies: %v", errUsage, err)
+	}
 	for _, a := range strings.Split(*controlplane, ",") {
 		if a = strings.TrimSpace(a); a != "" {
 			if _, _, err := net.SplitHostPort(a); err != nil {
@@ -115,7 +165,6 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	if o.nodeID == "" {
 		return nil, fmt.Errorf("%w: --node-id is required (the hostname is unknown)", errUsage)
 	}
-	var err error
 	if o.labels, err = parseLabels(*labels); err != nil {
 		return nil, fmt.Errorf("%w: --labels: %v", errUsage, err)
 	}
@@ -123,6 +172,35 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 		return nil, fmt.Errorf("%w: --log-level: %q is not debug, info, warn or error", errUsage, *logLevel)
 	}
 	return o, nil
+}
+
+// appendList appends the comma-separated items of v to list.
+func appendList(list []string, v string) []string {
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			list = append(list, item)
+		}
+	}
+	return list
+}
+
+// parsePrefixes parses comma-separated CIDRs; a bare IP is a one-address
+// prefix.
+func parsePrefixes(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, item := range appendList(nil, s) {
+		if p, err := netip.ParsePrefix(item); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		ip, err := netip.ParseAddr(item)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a CIDR or IP address", item)
+		}
+		ip = ip.Unmap()
+		out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
+	}
+	return out, nil
 }
 
 func parseLabels(s string) (map[string]string, error) {
@@ -178,20 +256,45 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		log.Info("--redis is accepted but not used yet", "redis", o.redis)
 	}
 
+	certs, err := server.LoadCertificates(o.certFiles, o.keyFiles)
+	if err != nil {
+		fmt.Fprintf(stderr, "dataplane: --tls-cert: %v\n", err)
+		return 1
+	}
+
 	gw := gateway.New(log)
 	defer gw.Close()
 	store := cache.New(o.cacheDir)
 	loadCache(ctx, gw, store, log)
 
-	ln, err := net.Listen("tcp", o.listen)
-	if err != nil {
-		fmt.Fprintf(stderr, "dataplane: --listen: %v\n", err)
+	var listeners []net.Listener
+	closeListeners := func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}
+	listen := func(flagName, addr string) net.Listener {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			closeListeners()
+			fmt.Fprintf(stderr, "dataplane: --%s: %v\n", flagName, err)
+			return nil
+		}
+		listeners = append(listeners, l)
+		return l
+	}
+	ln := listen("listen", o.listen)
+	if ln == nil {
 		return 1
 	}
-	adminLn, err := net.Listen("tcp", o.adminListen)
-	if err != nil {
-		ln.Close()
-		fmt.Fprintf(stderr, "dataplane: --admin-listen: %v\n", err)
+	var tlsLn net.Listener
+	if len(certs) > 0 {
+		if tlsLn = listen("tls-listen", o.tlsListen); tlsLn == nil {
+			return 1
+		}
+	}
+	adminLn := listen("admin-listen", o.adminListen)
+	if adminLn == nil {
 		return 1
 	}
 
@@ -204,25 +307,19 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		Log:     log,
 	})
 	if err != nil {
-		ln.Close()
-		adminLn.Close()
+		closeListeners()
 		fmt.Fprintf(stderr, "dataplane: %v\n", err)
 		return 2
 	}
 
-	var protocols http.Protocols
-	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true) // h2c clients, gRPC without TLS
 	errorLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
-	traffic := &http.Server{
-		Handler:           gw.Handler(),
-		Protocols:         &protocols,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		ErrorLog:          errorLog,
-	}
+	srvConfig := o.server
+	srvConfig.Certificates = certs
+	srvConfig.ErrorLog = errorLog
+	traffic := server.New(gw.Handler(proxy.HandlerConfig{TrustedProxies: o.trusted}), srvConfig)
+	var readiness server.Readiness
 	adminSrv := &http.Server{
-		Handler:           admin.Handler(gw, client),
+		Handler:           readiness.Wrap(admin.Handler(gw, client)),
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          errorLog,
 	}
@@ -230,36 +327,52 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	serveErr := make(chan error, 2)
-	serve := func(srv *http.Server, l net.Listener) {
+	serveErr := make(chan error, 3)
+	serve := func(l net.Listener, serveFn func(net.Listener) error) {
 		defer wg.Done()
-		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		if err := serveFn(l); !errors.Is(err, http.ErrServerClosed) {
 			serveErr <- err
 			cancel()
 		}
 	}
 	wg.Add(3)
-	go serve(traffic, ln)
-	go serve(adminSrv, adminLn)
+	go serve(ln, traffic.Serve)
+	go serve(adminLn, adminSrv.Serve)
 	go func() {
 		defer wg.Done()
 		client.Run(ctx)
 	}()
 	fmt.Fprintf(stdout, "dataplane listening on %s\n", ln.Addr())
+	attrs := []any{"listen", ln.Addr().String(), "admin", adminLn.Addr().String(),
+		"controlplane", o.controlplane, "node", o.nodeID, "version", version}
+	if tlsLn != nil {
+		wg.Add(1)
+		go serve(tlsLn, func(l net.Listener) error { return traffic.ServeTLS(l, "", "") })
+		fmt.Fprintf(stdout, "dataplane TLS listening on %s\n", tlsLn.Addr())
+		attrs = append(attrs, "tlsListen", tlsLn.Addr().String(), "certificates", len(certs))
+	}
 	fmt.Fprintf(stdout, "admin listening on %s\n", adminLn.Addr())
-	log.Info("dataplane started", "listen", ln.Addr().String(), "admin", adminLn.Addr().String(),
-		"controlplane", o.controlplane, "node", o.nodeID, "version", version)
+	log.Info("dataplane started", attrs...)
 
 	<-ctx.Done()
-	log.Info("shutting down")
-	shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), shutdownTimeout)
-	defer cancelShutdown()
+	// Drain: /readyz turns 503 at once so load balancers stop sending;
+	// Shutdown closes the traffic listeners (new connections are refused)
+	// and idle connections, then waits for in-flight requests up to
+	// --drain-timeout. Hijacked connections (WebSockets) are not waited
+	// for. The admin server keeps answering until the drain is over.
+	readiness.StartDrain()
+	log.Info("draining", "timeout", o.drainTimeout.String())
 	code := 0
-	for _, srv := range []*http.Server{traffic, adminSrv} {
-		if err := srv.Shutdown(shutdownCtx); err != nil {
-			log.Warn("shutdown", "error", err)
-			srv.Close()
-		}
+	drainCtx, cancelDrain := context.WithTimeout(context.Background(), o.drainTimeout)
+	defer cancelDrain()
+	if err := traffic.Shutdown(drainCtx); err != nil {
+		log.Warn("drain timed out; closing remaining connections", "error", err)
+		traffic.Close()
+	}
+	adminCtx, cancelAdmin := context.WithTimeout(context.Background(), adminShutdownTimeout)
+	defer cancelAdmin()
+	if err := adminSrv.Shutdown(adminCtx); err != nil {
+		adminSrv.Close()
 	}
 	wg.Wait()
 	close(serveErr)
@@ -267,6 +380,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		log.Error("server failed", "error", err)
 		code = 1
 	}
+	log.Info("stopped")
 	return code
 }
 

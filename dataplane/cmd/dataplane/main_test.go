@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"maps"
@@ -70,6 +71,40 @@ func TestParseFlags(t *testing.T) {
 				t.Error("version set from env")
 			}
 		}},
+		{name: "server and tls flags", args: []string{
+			"--tls-cert", "a.pem,b.pem", "--tls-key", "a-key.pem", "--tls-key", "b-key.pem", "--tls-listen", "127.0.0.1:9443",
+			"--trusted-proxies", "10.0.0.0/8, 192.168.1.1,2001:db8::/32", "--read-header-timeout", "3s", "--read-timeout", "1m",
+			"--write-timeout", "2m", "--idle-timeout", "30s", "--max-header-bytes", "4096", "--drain-timeout", "5s",
+		}, check: func(t *testing.T, o *options) {
+			if strings.Join(o.certFiles, "|") != "a.pem|b.pem" || strings.Join(o.keyFiles, "|") != "a-key.pem|b-key.pem" || o.tlsListen != "127.0.0.1:9443" {
+				t.Errorf("tls = %v %v %q", o.certFiles, o.keyFiles, o.tlsListen)
+			}
+			if fmt.Sprint(o.trusted) != "[10.0.0.0/8 192.168.1.1/32 2001:db8::/32]" {
+				t.Errorf("trusted = %v", o.trusted)
+			}
+			s := o.server
+			if s.ReadHeaderTimeout != 3*time.Second || s.ReadTimeout != time.Minute || s.WriteTimeout != 2*time.Minute ||
+				s.IdleTimeout != 30*time.Second || s.MaxHeaderBytes != 4096 || o.drainTimeout != 5*time.Second {
+				t.Errorf("server = %+v drain %v", s, o.drainTimeout)
+			}
+		}},
+		{name: "server defaults", check: func(t *testing.T, o *options) {
+			s := o.server
+			if s.ReadHeaderTimeout != 10*time.Second || s.ReadTimeout != 0 || s.WriteTimeout != 0 || s.IdleTimeout != 120*time.Second ||
+				s.MaxHeaderBytes != 65536 || o.drainTimeout != 30*time.Second || len(o.trusted) != 0 || len(o.certFiles) != 0 {
+				t.Errorf("defaults = %+v drain %v trusted %v", s, o.drainTimeout, o.trusted)
+			}
+		}},
+		{name: "tls from env", env: map[string]string{"MERIDIAN_TLS_CERT": "a.pem,b.pem", "MERIDIAN_TLS_KEY": "ak.pem,bk.pem", "MERIDIAN_DRAIN_TIMEOUT": "1s"},
+			check: func(t *testing.T, o *options) {
+				if len(o.certFiles) != 2 || len(o.keyFiles) != 2 || o.drainTimeout != time.Second {
+					t.Errorf("options = %v %v %v", o.certFiles, o.keyFiles, o.drainTimeout)
+				}
+			}},
+		{name: "unpaired tls", args: []string{"--tls-cert", "a.pem,b.pem", "--tls-key", "a-key.pem"}, wantErr: "pairs"},
+		{name: "bad trusted proxy", args: []string{"--trusted-proxies", "10.0.0.0/8,nope"}, wantErr: "--trusted-proxies"},
+		{name: "negative timeout", args: []string{"--idle-timeout", "-1s"}, wantErr: "--idle-timeout"},
+		{name: "bad max header bytes", args: []string{"--max-header-bytes", "0"}, wantErr: "--max-header-bytes"},
 		{name: "bad labels", args: []string{"--labels", "novalue"}, wantErr: "--labels"},
 		{name: "bad controlplane", args: []string{"--controlplane", "nohostport"}, wantErr: "--controlplane"},
 		{name: "empty controlplane", args: []string{"--controlplane", ","}, wantErr: "--controlplane"},

@@ -75,6 +75,13 @@ func (c *Config) Route(r *http.Request) http.Handler {
 	return rt
 }
 
+// Allow returns the methods a route would accept on r's host and path
+// when one matches everything but the method, for a 405's Allow header;
+// otherwise "".
+func (c *Config) Allow(r *http.Request) string {
+	return c.table.Allow(r)
+}
+
 // Gateway holds the live Config and applies new snapshots.
 type Gateway struct {
 	mu       sync.Mutex // serialises Apply
@@ -108,8 +115,8 @@ func (g *Gateway) Applied() (version uint64, hash string) {
 
 // Handler returns the traffic handler, which reads the live Config once per
 // request.
-func (g *Gateway) Handler() *proxy.Handler {
-	return proxy.NewHandler(g.routes)
+func (g *Gateway) Handler(c proxy.HandlerConfig) *proxy.Handler {
+	return proxy.NewHandler(g.routes, c)
 }
 
 func (g *Gateway) routes() proxy.Routes {
@@ -145,7 +152,8 @@ func (g *Gateway) Apply(ctx context.Context, snap *meridianv1.Snapshot, src Sour
 	return nil
 }
 
-// Close releases idle upstream connections of the live Config.
+// Close stops the live Config's health checkers and releases its idle
+// upstream connections.
 func (g *Gateway) Close() {
 	if c := g.current.Load(); c != nil {
 		upstream.CloseUnused(c.pools, nil)
@@ -154,8 +162,8 @@ func (g *Gateway) Close() {
 
 // compile builds a Config from snap, reusing prev's upstream pools and
 // transports where their specs did not change. It has no side effects on
-// prev.
-func (g *Gateway) compile(snap *meridianv1.Snapshot, prev *Config) (*Config, error) {
+// prev; when it fails, the pools it started are closed again.
+func (g *Gateway) compile(snap *meridianv1.Snapshot, prev *Config) (_ *Config, err error) {
 	rs := snap.GetResources()
 	if h := snap.GetHash(); h != "" && h != config.Hash(rs) {
 		return nil, fmt.Errorf("version %d: %w", snap.GetVersion(), ErrHashMismatch)
@@ -168,6 +176,18 @@ func (g *Gateway) compile(snap *meridianv1.Snapshot, prev *Config) (*Config, err
 	}
 
 	c := &Config{version: snap.GetVersion(), hash: snap.GetHash(), pools: map[string]*upstream.Pool{}}
+	var live map[string]*upstream.Pool
+	if prev != nil {
+		live = prev.pools
+	}
+	defer func() {
+		if err != nil {
+			// New pools may run health checkers; reused ones stay live.
+			// Validate rejects what upstream.New would today, so this
+			// guards future checks rather than a known path.
+			upstream.CloseUnused(c.pools, live)
+		}
+	}()
 	var errs config.ErrorList
 	for _, r := range rs {
 		u := r.GetUpstream()
@@ -175,11 +195,7 @@ func (g *Gateway) compile(snap *meridianv1.Snapshot, prev *Config) (*Config, err
 			continue
 		}
 		name := u.GetMetadata().GetName()
-		var old *upstream.Pool
-		if prev != nil {
-			old = prev.pools[name]
-		}
-		p, err := upstream.New(name, u.GetSpec(), old)
+		p, err := upstream.New(name, u.GetSpec(), live[name])
 		if err != nil {
 			errs = appendErr(errs, err)
 			continue

@@ -1,14 +1,22 @@
 // Package proxy forwards requests to upstreams. Handler is the data plane's
 // traffic entry point: it reads the live configuration once per request,
-// finds the route and hands over to that route's handler. Route is one
-// route's forwarding step (rewrite, header edits, timeout, reverse proxy),
-// built once per configuration.
+// normalises the path, tags the request with an X-Request-Id, decides
+// whether the client's X-Forwarded-* headers can be trusted, finds the
+// route and hands over to that route's handler. Route is one route's
+// forwarding step (body limit, rewrite, header edits, timeout, reverse
+// proxy), built once per configuration.
 package proxy
 
 import (
+	"encoding/binary"
+	"encoding/hex"
+	"math/rand/v2"
 	"net/http"
-	"path"
+	"net/netip"
+	"net/url"
 	"strings"
+
+	"github.com/meridian-gw/meridian/dataplane/internal/router"
 )
 
 // Routes resolves a request to the handler of the route it matches. The
@@ -17,32 +25,69 @@ type Routes interface {
 	// Route returns the handler for r, or nil when no route matches. It may
 	// record template parameters on r (r.SetPathValue).
 	Route(r *http.Request) http.Handler
+	// Allow returns the methods allowed on r's host and path, comma
+	// separated for an Allow header, when a route matches everything but
+	// the method; otherwise "".
+	Allow(r *http.Request) string
+}
+
+// HandlerConfig is the process-wide part of the traffic handler.
+type HandlerConfig struct {
+	// TrustedProxies are the peers whose X-Forwarded-For, -Proto and -Host
+	// are believed and extended. From any other peer they are dropped and
+	// replaced with what this hop sees. Empty trusts no one.
+	TrustedProxies []netip.Prefix
 }
 
 // Handler is the traffic http.Handler.
 type Handler struct {
 	current func() Routes
+	trusted []netip.Prefix
 }
 
 // NewHandler returns a Handler that calls current once per request to get
 // the live configuration; current returns nil while none is applied.
-func NewHandler(current func() Routes) *Handler {
-	return &Handler{current: current}
+func NewHandler(current func() Routes, c HandlerConfig) *Handler {
+	return &Handler{current: current, trusted: c.TrustedProxies}
 }
 
 // Canned JSON bodies, allocated once.
 var (
-	bodyNoRoute     = []byte(`{"error":"no route"}` + "\n")
-	bodyNoConfig    = []byte(`{"error":"no configuration applied"}` + "\n")
-	bodyBadPath     = []byte(`{"error":"invalid request path"}` + "\n")
-	bodyNoTargets   = []byte(`{"error":"upstream has no targets"}` + "\n")
-	bodyBadGateway  = []byte(`{"error":"upstream error"}` + "\n")
-	bodyGatewayTime = []byte(`{"error":"upstream timeout"}` + "\n")
+	bodyNoRoute          = []byte(`{"error":"no route"}` + "\n")
+	bodyMethodNotAllowed = []byte(`{"error":"method not allowed"}` + "\n")
+	bodyNoConfig         = []byte(`{"error":"no configuration applied"}` + "\n")
+	bodyBadPath          = []byte(`{"error":"invalid request path"}` + "\n")
+	bodyNoHealthy        = []byte(`{"error":"no healthy upstream target"}` + "\n")
+	bodyBadGateway       = []byte(`{"error":"upstream error"}` + "\n")
+	bodyConnectFailed    = []byte(`{"error":"upstream connect failure"}` + "\n")
+	bodyGatewayTime      = []byte(`{"error":"upstream timeout"}` + "\n")
+	bodyTooLarge         = []byte(`{"error":"request body too large"}` + "\n")
+)
+
+// Header names in canonical form, so map lookups need no canonicalising.
+const (
+	headerRequestID       = "X-Request-Id"
+	headerForwardedFor    = "X-Forwarded-For"
+	headerForwardedProto  = "X-Forwarded-Proto"
+	headerForwardedHost   = "X-Forwarded-Host"
+	headerForwardedRFC    = "Forwarded"
+	headerAllow           = "Allow"
+	headerContentType     = "Content-Type"
+	headerContentTypeOpts = "X-Content-Type-Options"
 )
 
 // ServeHTTP routes r with the configuration live when it arrived; the
 // request finishes on that configuration even if a new one is swapped in.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// The id goes on every answer, errors included, so a client can quote
+	// it; the route passes the same id to the upstream.
+	ids := r.Header[headerRequestID]
+	if len(ids) == 0 || ids[0] == "" {
+		ids = []string{newRequestID()}
+		r.Header[headerRequestID] = ids
+	}
+	w.Header()[headerRequestID] = ids[:1:1]
+
 	routes := h.current()
 	if routes == nil {
 		writeJSON(w, http.StatusServiceUnavailable, bodyNoConfig)
@@ -52,47 +97,120 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, bodyBadPath)
 		return
 	}
+	h.checkForwarded(r)
 	next := routes.Route(r)
 	if next == nil {
+		if allow := routes.Allow(r); allow != "" {
+			w.Header()[headerAllow] = []string{allow}
+			writeJSON(w, http.StatusMethodNotAllowed, bodyMethodNotAllowed)
+			return
+		}
 		writeJSON(w, http.StatusNotFound, bodyNoRoute)
 		return
 	}
 	next.ServeHTTP(w, r)
 }
 
-// normalizePath resolves "." and ".." segments and merges slashes, so that
-// /public/../admin cannot match a /public route and then reach /admin on
-// an upstream that normalises. It reports false for a path that is not
-// absolute (CONNECT authority or "*" forms).
-func normalizePath(r *http.Request) bool {
-	p := r.URL.Path
-	if !strings.HasPrefix(p, "/") {
+// checkForwarded drops the client's forwarding headers unless the peer is
+// a trusted proxy, so routes can extend whatever is left.
+func (h *Handler) checkForwarded(r *http.Request) {
+	hdr := r.Header
+	if hdr[headerForwardedFor] == nil && hdr[headerForwardedProto] == nil && hdr[headerForwardedHost] == nil && hdr[headerForwardedRFC] == nil {
+		return
+	}
+	if h.trustedPeer(r.RemoteAddr) {
+		return
+	}
+	delete(hdr, headerForwardedFor)
+	delete(hdr, headerForwardedProto)
+	delete(hdr, headerForwardedHost)
+	delete(hdr, headerForwardedRFC)
+}
+
+func (h *Handler) trustedPeer(remoteAddr string) bool {
+	if len(h.trusted) == 0 {
 		return false
 	}
-	if !strings.Contains(p, "/.") && !strings.Contains(p, "//") {
-		return true
+	ip, err := netip.ParseAddr(peerHost(remoteAddr))
+	if err != nil {
+		return false
 	}
-	clean := path.Clean(p)
-	if strings.HasSuffix(p, "/") && clean != "/" {
-		clean += "/"
+	ip = ip.Unmap()
+	for _, p := range h.trusted {
+		if p.Contains(ip) {
+			return true
+		}
 	}
-	if clean != p {
-		r.URL.Path = clean
-		r.URL.RawPath = ""
+	return false
+}
+
+// peerHost returns the host of a "host:port" or "[v6]:port" address
+// without allocating.
+func peerHost(addr string) string {
+	i := strings.LastIndexByte(addr, ':')
+	if i < 0 {
+		return addr
+	}
+	host := addr[:i]
+	if len(host) > 1 && host[0] == '[' && host[len(host)-1] == ']' {
+		host = host[1 : len(host)-1]
+	}
+	return host
+}
+
+// newRequestID returns 16 random bytes in hex. math/rand/v2's top-level
+// source is per-thread (runtime ChaCha8), so ids need no lock; they must be
+// unique, not secret.
+func newRequestID() string {
+	var raw [16]byte
+	binary.LittleEndian.PutUint64(raw[:8], rand.Uint64())
+	binary.LittleEndian.PutUint64(raw[8:], rand.Uint64())
+	var out [32]byte
+	hex.Encode(out[:], raw[:])
+	return string(out[:])
+}
+
+// normalizePath cleans the path with router.CleanPath before routing, so
+// that /public/../admin cannot match a /public route and then reach /admin
+// on an upstream that normalises; the cleaned path is also what the
+// upstream receives. It reports false for a request target that is not an
+// absolute path (CONNECT authority or "*" forms), and for one whose
+// percent-encoded slashes or dots would, once decoded, form dot segments
+// or empty segments: an upstream that decodes them would resolve a path
+// the router never saw.
+func normalizePath(r *http.Request) bool {
+	u := r.URL
+	if !strings.HasPrefix(u.Path, "/") {
+		return false
+	}
+	esc := u.EscapedPath() // u.Path itself unless the client escaped more than needed
+	clean := router.CleanPath(esc)
+	if clean == esc && u.RawPath == "" {
+		return true // the common case: nothing to do, nothing allocated
+	}
+	decoded, err := url.PathUnescape(clean)
+	if err != nil || router.CleanPath(decoded) != decoded {
+		return false
+	}
+	u.Path = decoded
+	u.RawPath = ""
+	if clean != decoded {
+		u.RawPath = clean // keep the client's escapes, such as %2F
 	}
 	return true
 }
 
-// Header values shared by every error response; net/http never mutates them.
+// Header values shared by every error response; net/http never mutates
+// them, and their capacity equals their length so an append copies.
 var (
-	jsonContentType = []string{"application/json"}
-	nosniff         = []string{"nosniff"}
+	jsonContentType = []string{"application/json"}[:1:1]
+	nosniff         = []string{"nosniff"}[:1:1]
 )
 
 func writeJSON(w http.ResponseWriter, status int, body []byte) {
 	h := w.Header()
-	h["Content-Type"] = jsonContentType
-	h["X-Content-Type-Options"] = nosniff
+	h[headerContentType] = jsonContentType
+	h[headerContentTypeOpts] = nosniff
 	w.WriteHeader(status)
 	w.Write(body) //nolint:errcheck // the client may be gone; nothing to do
 }

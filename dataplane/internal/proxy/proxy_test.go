@@ -20,6 +20,7 @@ import (
 
 	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
+	"github.com/meridian-gw/meridian/dataplane/internal/server"
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
 	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -122,7 +123,7 @@ func TestProxy(t *testing.T) {
 		}),
 		routeRes("down", &meridianv1.RouteSpec{Upstream: "down", Match: match(prefix("/down"))}),
 	)
-	front := httptest.NewServer(g.Handler())
+	front := httptest.NewServer(g.Handler(proxy.HandlerConfig{}))
 	defer front.Close()
 
 	tests := []struct {
@@ -161,7 +162,8 @@ func TestProxy(t *testing.T) {
 			}},
 		{name: "forwarded headers", path: "/api/users", header: http.Header{"X-Forwarded-For": {"203.0.113.7"}}, wantStatus: 200,
 			check: func(t *testing.T, s seen, _ *http.Response) {
-				if got := s.Header.Get("X-Forwarded-For"); got != "203.0.113.7, 127.0.0.1" {
+				// No trusted proxies: the client's chain is replaced.
+				if got := s.Header.Get("X-Forwarded-For"); got != "127.0.0.1" {
 					t.Errorf("X-Forwarded-For = %q", got)
 				}
 				if s.Header.Get("X-Forwarded-Proto") != "http" || s.Header.Get("X-Forwarded-Host") != addr(front) {
@@ -181,8 +183,29 @@ func TestProxy(t *testing.T) {
 				t.Errorf("seen %+v", s)
 			}
 		}},
+		{name: "encoded dot segments are resolved too", path: "/api/users/%2e%2E/orders/1", wantStatus: 200, check: func(t *testing.T, s seen, _ *http.Response) {
+			if s.Upstream != "orders" || s.Path != "/v2/orders/1" {
+				t.Errorf("seen %+v", s)
+			}
+		}},
+		{name: "duplicate slashes are merged", path: "//api//users///1", wantStatus: 200, check: func(t *testing.T, s seen, _ *http.Response) {
+			if s.Upstream != "users" || s.Path != "/api/users/1" {
+				t.Errorf("seen %+v", s)
+			}
+		}},
+		{name: "an encoded slash stays encoded", path: "/api/users/a%2Fb/../c", wantStatus: 200, check: func(t *testing.T, s seen, _ *http.Response) {
+			if s.Upstream != "users" || s.Path != "/api/users/c" || s.RawPath != "" {
+				t.Errorf("seen %+v", s)
+			}
+		}},
+		{name: "an encoded slash reaches the upstream", path: "/api/users/a%2Fb", wantStatus: 200, check: func(t *testing.T, s seen, _ *http.Response) {
+			if s.Path != "/api/users/a/b" || s.RawPath != "/api/users/a%2Fb" {
+				t.Errorf("seen %+v", s)
+			}
+		}},
+		{name: "encoded slashes hiding dot segments are rejected", path: "/api/users/..%2F..%2Forders", wantStatus: 400, wantBody: `{"error":"invalid request path"}`},
 		{name: "no route", path: "/nothing", wantStatus: 404, wantBody: `{"error":"no route"}`},
-		{name: "upstream down", path: "/down", wantStatus: 502, wantBody: `{"error":"upstream error"}`},
+		{name: "upstream down", path: "/down", wantStatus: 502, wantBody: `{"error":"upstream connect failure"}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -235,7 +258,7 @@ func TestRoundRobin(t *testing.T) {
 	g := gateway.New(discard())
 	defer g.Close()
 	apply(t, g, 1, upstreamRes("ab", addr(a), addr(b)), routeRes("r", &meridianv1.RouteSpec{Upstream: "ab", Match: match(prefix("/"))}))
-	front := httptest.NewServer(g.Handler())
+	front := httptest.NewServer(g.Handler(proxy.HandlerConfig{}))
 	defer front.Close()
 
 	var got []string
@@ -252,7 +275,7 @@ func TestRoundRobin(t *testing.T) {
 
 func TestNoConfig(t *testing.T) {
 	g := gateway.New(discard())
-	front := httptest.NewServer(g.Handler())
+	front := httptest.NewServer(g.Handler(proxy.HandlerConfig{}))
 	defer front.Close()
 	if status, _ := get(t, front.URL+"/"); status != http.StatusServiceUnavailable {
 		t.Errorf("status = %d, want 503", status)
@@ -271,8 +294,8 @@ func TestNoTargets(t *testing.T) {
 	}
 	rec := httptest.NewRecorder()
 	rt.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
-	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "no targets") {
-		t.Errorf("got %d %s, want 503 no targets", rec.Code, rec.Body)
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "no healthy upstream target") {
+		t.Errorf("got %d %s, want 503 no healthy upstream target", rec.Code, rec.Body)
 	}
 }
 
@@ -291,7 +314,7 @@ func TestRouteTimeout(t *testing.T) {
 	apply(t, g, 1, upstreamRes("slow", addr(slow)), routeRes("r", &meridianv1.RouteSpec{
 		Upstream: "slow", Match: match(prefix("/")), Timeout: durationpb.New(50 * time.Millisecond),
 	}))
-	front := httptest.NewServer(g.Handler())
+	front := httptest.NewServer(g.Handler(proxy.HandlerConfig{}))
 	defer front.Close()
 	if status, body := get(t, front.URL+"/"); status != http.StatusGatewayTimeout {
 		t.Errorf("got %d %s, want 504", status, body)
@@ -316,7 +339,7 @@ func TestSwapWhileInFlight(t *testing.T) {
 	defer g.Close()
 	route := routeRes("r", &meridianv1.RouteSpec{Upstream: "u", Match: match(prefix("/"))})
 	apply(t, g, 1, upstreamRes("u", addr(old)), route)
-	front := httptest.NewServer(g.Handler())
+	front := httptest.NewServer(g.Handler(proxy.HandlerConfig{}))
 	defer front.Close()
 
 	var wg sync.WaitGroup
@@ -357,10 +380,16 @@ func benchUpstream(b *testing.B) *httptest.Server {
 
 func runProxyBench(b *testing.B, h http.Handler) {
 	req := httptest.NewRequest("GET", "http://gw.test/api/users/1", nil)
+	// What a typical client sends; the proxy clones these for the upstream.
+	req.Header.Set("User-Agent", "bench/1.0")
+	req.Header.Set("Accept", "*/*")
+	req.Header.Set("Accept-Encoding", "gzip")
 	w := &discardWriter{h: http.Header{}}
 	b.ReportAllocs()
 	for b.Loop() {
 		clear(w.h)
+		// Clients rarely send an id; the gateway generates one per request.
+		delete(req.Header, "X-Request-Id")
 		h.ServeHTTP(w, req)
 	}
 }
@@ -374,7 +403,7 @@ func BenchmarkProxy(b *testing.B) {
 	apply(b, g, 1, upstreamRes("users", addr(srv)), routeRes("r", &meridianv1.RouteSpec{
 		Upstream: "users", Match: match(prefix("/api/users")),
 	}))
-	runProxyBench(b, g.Handler())
+	runProxyBench(b, g.Handler(proxy.HandlerConfig{}))
 }
 
 func BenchmarkBareReverseProxy(b *testing.B) {
@@ -388,4 +417,26 @@ func BenchmarkBareReverseProxy(b *testing.B) {
 		BufferPool: proxy.NewBufferPool(),
 	}
 	runProxyBench(b, rp)
+}
+
+// httptestServer starts h behind the traffic server configuration the
+// data plane uses (HTTP/1.1 and h2c).
+func httptestServer(t testing.TB, h http.Handler) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(nil)
+	srv.Config = server.New(h, server.Config{ReadHeaderTimeout: 10 * time.Second})
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// httptestListener returns a loopback listener closed at cleanup.
+func httptestListener(t testing.TB) net.Listener {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
 }

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"log"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
@@ -32,10 +34,17 @@ type RouteConfig struct {
 
 // Route forwards the requests of one route to its upstream. It is
 // immutable; a new configuration builds new Routes.
+//
+// The route timeout bounds a whole exchange (until the response body is
+// sent) of ordinary requests. It is not applied to requests that open a
+// long-lived stream: protocol upgrades (WebSocket), gRPC calls (they carry
+// their own grpc-timeout deadline) and server-sent events subscriptions
+// (Accept: text/event-stream).
 type Route struct {
 	name        string
 	pool        *upstream.Pool
 	timeout     time.Duration
+	maxBody     int64 // 0: no limit
 	stripPrefix string
 	addPrefix   string
 	path        []pathPart // rewrite.path, nil when unset
@@ -61,6 +70,9 @@ func NewRoute(c RouteConfig) (*Route, error) {
 		response:    compileHeaderOps(spec.GetHeaders().GetResponse()),
 		log:         c.Log,
 	}
+	if n := spec.GetMaxBodyBytes(); n > 0 {
+		rt.maxBody = int64(min(n, 1<<62))
+	}
 	if p := rw.GetPath(); p != "" {
 		parts, err := parsePathRewrite(p)
 		if err != nil {
@@ -73,14 +85,12 @@ func NewRoute(c RouteConfig) (*Route, error) {
 		errorLog = slog.NewLogLogger(c.Log.Handler(), slog.LevelWarn)
 	}
 	rt.rp = &httputil.ReverseProxy{
-		Rewrite:      rt.rewrite,
-		Transport:    c.Pool.Transport(),
-		BufferPool:   c.Buffers,
-		ErrorHandler: rt.proxyError,
-		ErrorLog:     errorLog,
-	}
-	if !rt.response.empty() {
-		rt.rp.ModifyResponse = rt.modifyResponse
+		Rewrite:        rt.rewrite,
+		Transport:      c.Pool.Transport(),
+		BufferPool:     c.Buffers,
+		ErrorHandler:   rt.proxyError,
+		ErrorLog:       errorLog,
+		ModifyResponse: rt.modifyResponse,
 	}
 	return rt, nil
 }
@@ -91,38 +101,153 @@ func (rt *Route) Name() string { return rt.name }
 // Upstream returns the route's upstream pool.
 func (rt *Route) Upstream() *upstream.Pool { return rt.pool }
 
-// ServeHTTP forwards r to the next target of the route's upstream.
+// ServeHTTP forwards r to a target of the route's upstream and reports the
+// attempt's outcome to the pool, which drives passive health checks.
 func (rt *Route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if len(rt.pool.Targets()) == 0 {
-		writeJSON(w, http.StatusServiceUnavailable, bodyNoTargets)
+	if rt.maxBody > 0 && r.ContentLength > rt.maxBody {
+		writeJSON(w, http.StatusRequestEntityTooLarge, bodyTooLarge)
 		return
 	}
-	if rt.timeout > 0 {
+	t, err := rt.pool.Pick(r)
+	if err != nil {
+		// upstream.ErrNoHealthyTarget, its only error: every target is
+		// down or ejected (or there is none), so answer now, not queue.
+		writeJSON(w, http.StatusServiceUnavailable, bodyNoHealthy)
+		return
+	}
+	if rt.maxBody > 0 && r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
+		// A body of unknown length (chunked, HTTP/2 without
+		// content-length) is cut where it passes the limit; the transport
+		// returns the *http.MaxBytesError to proxyError.
+		r.Body = http.MaxBytesReader(w, r.Body, rt.maxBody)
+	}
+	// The target travels to rewrite on the request: ReverseProxy clones r
+	// and the clone keeps the URL's scheme and host.
+	r.URL.Scheme = rt.pool.Scheme()
+	r.URL.Host = t.Address()
+
+	x := exchanges.Get().(*exchange)
+	x.ResponseWriter = w
+	x.start = time.Now()
+	defer rt.finish(x, t)
+	if rt.timeout > 0 && !longLived(r) {
 		ctx, cancel := context.WithTimeout(r.Context(), rt.timeout)
 		defer cancel()
 		r = r.WithContext(ctx)
 	}
-	rt.rp.ServeHTTP(w, r)
+	rt.rp.ServeHTTP(x, r)
 }
 
+// finish reports the attempt to the pool. It also runs when ReverseProxy
+// aborts a response midway with http.ErrAbortHandler.
+func (rt *Route) finish(x *exchange, t *upstream.Target) {
+	o := upstream.Outcome{Err: x.err, Status: x.status, Latency: x.latency}
+	if o.Err == nil && o.Status == 0 {
+		// A protocol switch hijacks the connection without WriteHeader.
+		o.Status = http.StatusSwitchingProtocols
+		o.Latency = time.Since(x.start)
+	}
+	rt.pool.Done(t, o)
+	*x = exchange{}
+	exchanges.Put(x)
+}
+
+// longLived reports whether r opens a stream the route timeout must not
+// cut.
+func longLived(r *http.Request) bool {
+	h := r.Header
+	if len(h["Upgrade"]) > 0 {
+		return true
+	}
+	if ct := h[headerContentType]; len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc") {
+		return true
+	}
+	if a := h["Accept"]; len(a) > 0 && strings.Contains(a[0], "text/event-stream") {
+		return true
+	}
+	return false
+}
+
+// exchange wraps the client's ResponseWriter for one proxied request, to
+// learn what the upstream attempt did: the status it answered or the error
+// that stopped it. Unwrap keeps http.ResponseController (flush, hijack)
+// working through it.
+type exchange struct {
+	http.ResponseWriter
+	start   time.Time
+	latency time.Duration
+	status  int
+	err     error
+}
+
+var exchanges = sync.Pool{New: func() any { return new(exchange) }}
+
+// WriteHeader records the first final status; 1xx are passed on as is.
+func (x *exchange) WriteHeader(code int) {
+	if x.status == 0 && code >= 200 {
+		x.status = code
+		x.latency = time.Since(x.start)
+	}
+	x.ResponseWriter.WriteHeader(code)
+}
+
+// Write records an implicit 200.
+func (x *exchange) Write(p []byte) (int, error) {
+	if x.status == 0 {
+		x.status = http.StatusOK
+		x.latency = time.Since(x.start)
+	}
+	return x.ResponseWriter.Write(p)
+}
+
+// Unwrap returns the client's ResponseWriter.
+func (x *exchange) Unwrap() http.ResponseWriter { return x.ResponseWriter }
+
 func (rt *Route) rewrite(pr *httputil.ProxyRequest) {
-	out := pr.Out
-	addr, _ := rt.pool.Next() // ServeHTTP checked there are targets
-	out.URL.Scheme = rt.pool.Scheme()
-	out.URL.Host = addr
+	in, out := pr.In, pr.Out
+	// out.URL's scheme and host were set on the inbound request by ServeHTTP.
 	rt.rewritePath(pr)
 	// The client's Host is kept (as Envoy and Traefik do) unless rewritten.
 	if rt.host != "" {
 		out.Host = rt.host
 	}
-	// Append to the client's X-Forwarded-For chain like nginx's
-	// $proxy_add_x_forwarded_for; Rewrite starts from a clean slate.
-	if prior := pr.In.Header["X-Forwarded-For"]; prior != nil {
-		out.Header["X-Forwarded-For"] = prior
+	// ReverseProxy dropped the client's X-Forwarded-*; Handler already
+	// removed them from in unless the peer is a trusted proxy, so what is
+	// left on in is believed and extended.
+	h := out.Header
+	// One backing array for both new values; each slice's capacity is its
+	// length, so an append elsewhere copies instead of overwriting.
+	vals := make([]string, 2)
+	vals[0] = peerHost(in.RemoteAddr)
+	if prior := in.Header[headerForwardedFor]; len(prior) > 0 {
+		vals[0] = strings.Join(prior, ", ") + ", " + vals[0]
 	}
-	pr.SetXForwarded()
-	rt.request.apply(out.Header)
+	h[headerForwardedFor] = vals[0:1:1]
+	if v := in.Header[headerForwardedProto]; len(v) > 0 {
+		h[headerForwardedProto] = v
+	} else if in.TLS != nil {
+		h[headerForwardedProto] = protoHTTPS
+	} else {
+		h[headerForwardedProto] = protoHTTP
+	}
+	if v := in.Header[headerForwardedHost]; len(v) > 0 {
+		h[headerForwardedHost] = v
+	} else {
+		vals[1] = in.Host
+		h[headerForwardedHost] = vals[1:2:2]
+	}
+	if v := in.Header[headerForwardedRFC]; len(v) > 0 {
+		h[headerForwardedRFC] = v
+	}
+	rt.request.apply(h)
 }
+
+// Shared X-Forwarded-Proto values; capacity equals length so an append
+// elsewhere copies.
+var (
+	protoHTTP  = []string{"http"}[:1:1]
+	protoHTTPS = []string{"https"}[:1:1]
+)
 
 func (rt *Route) rewritePath(pr *httputil.ProxyRequest) {
 	u := pr.Out.URL
@@ -161,18 +286,44 @@ func (rt *Route) editPath(p string) string {
 }
 
 func (rt *Route) modifyResponse(resp *http.Response) error {
+	// Handler already put the request's id on the response; an upstream
+	// echoing it (or another) must not duplicate or replace it.
+	delete(resp.Header, headerRequestID)
 	rt.response.apply(resp.Header)
 	return nil
 }
 
+// proxyError answers when no upstream response could be relayed. The
+// status says whose fault it was: 413 the client's body, 502 a connect
+// failure or reset, 504 a timeout.
 func (rt *Route) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	status, body := http.StatusBadGateway, bodyBadGateway
-	if errors.Is(err, context.DeadlineExceeded) {
+	var tooLarge *http.MaxBytesError
+	var opErr *net.OpError
+	var netErr net.Error
+	clientGone := errors.Is(r.Context().Err(), context.Canceled)
+	switch {
+	case errors.As(err, &tooLarge):
+		status, body = http.StatusRequestEntityTooLarge, bodyTooLarge
+	case errors.As(err, &opErr) && opErr.Op == "dial":
+		status, body = http.StatusBadGateway, bodyConnectFailed
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
 		status, body = http.StatusGatewayTimeout, bodyGatewayTime
 	}
+	if x, ok := w.(*exchange); ok {
+		x.latency = time.Since(x.start)
+		switch {
+		case status == http.StatusRequestEntityTooLarge:
+			x.status = status // the client's fault, not the upstream's
+		case clientGone:
+			x.err = context.Canceled
+		default:
+			x.err = err
+		}
+	}
 	level := slog.LevelWarn
-	if errors.Is(r.Context().Err(), context.Canceled) {
-		level = slog.LevelDebug // the client went away
+	if clientGone || status == http.StatusRequestEntityTooLarge {
+		level = slog.LevelDebug
 	}
 	rt.log.LogAttrs(r.Context(), level, "upstream error",
 		slog.String("route", rt.name), slog.String("upstream", rt.pool.Name()),
@@ -209,10 +360,6 @@ func sortedValues(m map[string]string) []headerValue {
 	}
 	slices.SortFunc(out, func(a, b headerValue) int { return strings.Compare(a.key, b.key) })
 	return out
-}
-
-func (h *headerOps) empty() bool {
-	return len(h.remove) == 0 && len(h.set) == 0 && len(h.add) == 0
 }
 
 func (h *headerOps) apply(hdr http.Header) {

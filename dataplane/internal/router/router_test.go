@@ -2,8 +2,8 @@ package router
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -171,6 +171,10 @@ func TestNewErrors(t *testing.T) {
 		{"relative path", rt{name: "r", paths: []*meridianv1.PathMatch{prefix("api")}}, "spec.match.paths[0]"},
 		{"bad wildcard", rt{name: "r", hosts: []string{"*example.com"}, paths: []*meridianv1.PathMatch{prefix("/")}}, "spec.match.hosts[0]"},
 		{"no paths", rt{name: "r"}, "spec.match.paths"},
+		{"bad method", rt{name: "r", methods: []string{"GE T"}, paths: []*meridianv1.PathMatch{prefix("/")}}, "spec.match.methods[0]"},
+		{"host with port", rt{name: "r", hosts: []string{"a.test:8080"}, paths: []*meridianv1.PathMatch{prefix("/")}}, "spec.match.hosts[0]"},
+		{"bad host", rt{name: "r", hosts: []string{"a/b"}, paths: []*meridianv1.PathMatch{prefix("/")}}, "spec.match.hosts[0]"},
+		{"missing kind", rt{name: "r", paths: []*meridianv1.PathMatch{{}}}, "spec.match.paths[0]"},
 		{"bad header regex", rt{name: "r", paths: []*meridianv1.PathMatch{prefix("/")}, headers: []*meridianv1.HeaderMatch{
 			{Name: "X", Kind: &meridianv1.HeaderMatch_Regex{Regex: "["}},
 		}}, "spec.match.headers[0]"},
@@ -178,7 +182,7 @@ func TestNewErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := New([]Entry[string]{{Name: tt.r.name, Match: &meridianv1.RouteMatch{
-				Hosts: tt.r.hosts, Paths: tt.r.paths, Headers: tt.r.headers,
+				Hosts: tt.r.hosts, Methods: tt.r.methods, Paths: tt.r.paths, Headers: tt.r.headers,
 			}}})
 			var list config.ErrorList
 			if !errors.As(err, &list) || len(list) == 0 {
@@ -221,77 +225,16 @@ func TestDeterministicTieBreak(t *testing.T) {
 	}
 }
 
-func manyRoutes(n int) []Entry[int] {
-	entries := make([]Entry[int], n)
-	for i := range entries {
-		var pm *meridianv1.PathMatch
-		switch i % 4 {
-		case 0:
-			pm = exact(fmt.Sprintf("/svc%d/status", i))
-		case 1:
-			pm = prefix(fmt.Sprintf("/svc%d/", i))
-		case 2:
-			pm = tmpl(fmt.Sprintf("/svc%d/users/{id}/items/{item}", i))
-		case 3:
-			pm = tmpl(fmt.Sprintf("/svc%d/files/{rest...}", i))
-		}
-		var hosts []string
-		if i%10 == 0 {
-			hosts = []string{fmt.Sprintf("h%d.example.com", i)}
-		}
-		entries[i] = Entry[int]{
-			Name:  fmt.Sprintf("r%d", i),
-			Value: i,
-			Match: &meridianv1.RouteMatch{Hosts: hosts, Methods: []string{"GET"}, Paths: []*meridianv1.PathMatch{pm}},
-		}
-	}
-	return entries
-}
-
-func BenchmarkCompile(b *testing.B) {
-	for _, n := range []int{1000, 10000} {
-		entries := manyRoutes(n)
-		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				if _, err := New(entries); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
-}
-
-func BenchmarkLookup(b *testing.B) {
-	tbl, err := New(manyRoutes(10000))
-	if err != nil {
-		b.Fatal(err)
-	}
-	cases := []struct{ name, host, path string }{
-		{"exact", "", "/svc4000/status"},
-		{"prefix", "", "/svc4001/anything/here"},
-		{"template", "", "/svc4002/users/42/items/7"},
-		{"catchall", "", "/svc4003/files/a/b/c"},
-		{"host", "H4000.example.com:8080", "/svc4000/status"},
-		{"miss", "", "/nothing/here"},
-	}
-	h := http.Header{"User-Agent": {"bench"}}
-	for _, c := range cases {
-		b.Run(c.name, func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				tbl.Find(c.host, "GET", c.path, h)
-			}
-		})
-	}
-}
-
+// FuzzLookup checks that lookups never panic, that parameters are
+// consistent, and that Allow agrees with Find: after a hit Allow is empty,
+// and after a miss every method Allow lists would have hit.
 func FuzzLookup(f *testing.F) {
 	tbl := build(f, []rt{
-		{name: "root", paths: []*meridianv1.PathMatch{prefix("/")}},
-		{name: "user", paths: []*meridianv1.PathMatch{tmpl("/users/{id}/x/{rest...}")}},
-		{name: "e", hosts: []string{"*.example.com"}, paths: []*meridianv1.PathMatch{exact("/e"), regex("/r.*")}},
-		{name: "h", methods: []string{"POST"}, paths: []*meridianv1.PathMatch{prefix("/h")}, headers: []*meridianv1.HeaderMatch{
+		{name: "root", methods: []string{"GET"}, paths: paths(prefix("/"))},
+		{name: "user", paths: paths(tmpl("/users/{id}/x/{rest...}"))},
+		{name: "order", methods: []string{"PUT", "PATCH"}, paths: paths(tmpl("/users/{id}/orders/{orderId}"))},
+		{name: "e", hosts: []string{"*.example.com"}, methods: []string{"DELETE"}, paths: paths(exact("/e"), regex("/r.*"))},
+		{name: "h", methods: []string{"POST"}, paths: paths(prefix("/h")), headers: []*meridianv1.HeaderMatch{
 			{Name: "X-A", Kind: &meridianv1.HeaderMatch_Regex{Regex: "a+"}},
 		}},
 	})
@@ -299,11 +242,38 @@ func FuzzLookup(f *testing.F) {
 	f.Add("[::1]:80", "POST", "/h", "")
 	f.Add("", "", "", "")
 	f.Add("A.EXAMPLE.COM.", "GET", "//e", "\x00")
+	f.Add("b.example.com", "POST", "/users/1/orders/2", "a")
 	f.Fuzz(func(t *testing.T, host, method, path, hv string) {
-		v, params, ok := tbl.Find(host, method, path, http.Header{"X-A": {hv}})
+		h := http.Header{"X-A": {hv}}
+		v, params, ok := tbl.Find(host, method, path, h)
 		if ok && v == "" {
 			t.Fatal("match with empty value")
 		}
-		params.Each(func(string, string) {})
+		n := 0
+		params.Each(func(name, value string) {
+			n++
+			if g, ok := params.Get(name); !ok || g != value || !strings.Contains(path, value) {
+				t.Fatalf("param %s=%q, Get = %q, %v; path %q", name, value, g, ok, path)
+			}
+		})
+		if n != params.Len() {
+			t.Fatalf("Each gave %d params, Len %d", n, params.Len())
+		}
+		r := &http.Request{Host: host, Method: method, URL: &url.URL{Path: path}, Header: h}
+		allow := tbl.Allow(r)
+		if ok {
+			if allow != "" {
+				t.Fatalf("Find hit %q but Allow = %q", v, allow)
+			}
+			return
+		}
+		if allow == "" {
+			return
+		}
+		for _, m := range strings.Split(allow, ", ") {
+			if _, _, ok := tbl.Find(host, m, path, h); !ok {
+				t.Fatalf("Allow = %q but %s %q does not match", allow, m, path)
+			}
+		}
 	})
 }

@@ -232,9 +232,15 @@ type dataplane struct {
 
 func startDataplane(t testing.TB, id, cacheDir string, env []string, controlplanes ...string) *dataplane {
 	t.Helper()
+	return startDataplaneArgs(t, id, cacheDir, env, controlplanes, nil)
+}
+
+// startDataplaneArgs is startDataplane with extra command-line flags.
+func startDataplaneArgs(t testing.TB, id, cacheDir string, env, controlplanes, extra []string) *dataplane {
+	t.Helper()
 	dp := &dataplane{id: id, addr: freeAddr(t), admin: freeAddr(t), env: env}
-	dp.args = []string{"--listen", dp.addr, "--admin-listen", dp.admin, "--node-id", id,
-		"--cache-dir", cacheDir, "--controlplane", strings.Join(controlplanes, ",")}
+	dp.args = append([]string{"--listen", dp.addr, "--admin-listen", dp.admin, "--node-id", id,
+		"--cache-dir", cacheDir, "--controlplane", strings.Join(controlplanes, ",")}, extra...)
 	dp.proc = start(t, id, built.dataplane, env, dp.args...)
 	dp.waitFor("dataplane listening on")
 	return dp

@@ -73,7 +73,7 @@ func TestPrecedence(t *testing.T) {
 			},
 		},
 		{
-			name: "headers and methods filter but do not rank",
+			name: "more header matches rank above fewer at equal priority; methods only filter",
 			rts: []rt{
 				{name: "a-plain", paths: paths(prefix("/c"))},
 				{name: "b-canary", paths: paths(prefix("/c")), headers: []*meridianv1.HeaderMatch{hdrExact("X-Canary", "1")}},
@@ -81,7 +81,9 @@ func TestPrecedence(t *testing.T) {
 				{name: "d-plain", paths: paths(prefix("/d"))},
 			},
 			reqs: []req{
-				{path: "/c", header: http.Header{"X-Canary": {"1"}}, want: "a-plain"},
+				{path: "/c", header: http.Header{"X-Canary": {"1"}}, want: "b-canary"},
+				{path: "/c", header: http.Header{"X-Canary": {"0"}}, want: "a-plain"},
+				{path: "/c", want: "a-plain"},
 				{path: "/d", header: http.Header{"X-Canary": {"1"}}, want: "c-canary-first"},
 				{path: "/d", header: http.Header{"X-Canary": {"2"}}, want: "d-plain"},
 			},

@@ -469,9 +469,14 @@ func (r *route) headersMatch(h http.Header) bool {
 }
 
 // compareRoutes orders candidates of equal path precedence: priority, then
-// name, then the order of the route's paths.
+// the number of header matches (so a header-gated canary route is tried
+// before the ungated route on the same path, as in Kong), then name, then
+// the order of the route's paths.
 func compareRoutes(a, b *route) int {
 	if c := cmp.Compare(b.priority, a.priority); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(len(b.headers), len(a.headers)); c != 0 {
 		return c
 	}
 	if c := cmp.Compare(a.name, b.name); c != 0 {

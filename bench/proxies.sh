@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Whole-system throughput: Meridian against nginx, HAProxy, Caddy and a bare
+# httputil.ReverseProxy, all in front of the same upstream, in the same run.
+#
+# One upstream (nginx, 1 worker, answers every request with a 1 KiB body).
+# Every proxy keeps connections to it alive and adds X-Forwarded-For. wrk
+# (-t1 -c50) hits, in turn, the upstream directly, each proxy, and Meridian
+# with 10,000 extra routes; ROUNDS rounds interleave the targets (the order
+# rotates each round) so a noisy neighbour hurts every target alike. Medians
+# over rounds are printed with the ratios the project tracks
+# (docs/benchmarks.md).
+#
+# CPU layout (made for a 2-core machine; override with CPU_LOAD / CPU_PROXY):
+#   CPU_LOAD  (default 0): wrk, the upstream nginx, the control planes (idle
+#                          while measuring)
+#   CPU_PROXY (default 1): the proxy under test. Every proxy gets this one
+#                          core: nginx and HAProxy run one worker/thread, Go
+#                          programs (Caddy, bareproxy, Meridian) derive
+#                          GOMAXPROCS=1 from the affinity mask.
+#
+# Environment: ROUNDS (3), DURATION (10s), CONNECTIONS (50), WARMUP (2s),
+#   ROUTES (10000 extra routes for the meridian-10k target), BUILD (1: run
+#   `make build` first; 0 uses bin/ as it is), KEEP (1 keeps the temp dir),
+#   RESULTS (a file to copy the per-round results to, tab-separated: round,
+#   target, req/s, p50 ms, p99 ms, errors, req/CPU-s).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-50}
+WARMUP=${WARMUP:-2s}
+ROUTES=${ROUTES:-10000}
+BUILD=${BUILD:-1}
+CPU_LOAD=${CPU_LOAD:-0}
+CPU_PROXY=${CPU_PROXY:-1}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+need nginx haproxy caddy wrk curl taskset ss go pgrep
+CLK_TCK=$(getconf CLK_TCK)
+
+# ------------------------------------------------------------------ versions
+echo "== versions"
+nginx -v 2>&1
+haproxy -v | sed -n 1p
+echo "caddy $(caddy version)"
+go version
+{ wrk -v 2>&1 || true; } | sed -n 1p
+echo "kernel $(uname -r), $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "layout: wrk + upstream on CPU $CPU_LOAD, proxy under test on CPU $CPU_PROXY"
+echo "wrk -t1 -c$CONNECTIONS -d$DURATION --latency http://127.0.0.1:PORT$REQ_PATH, $ROUNDS rounds"
+
+# --------------------------------------------------------------------- build
+if [ "$BUILD" = 1 ]; then
+	echo "== make build"
+	make -s build >"$TMP/build.log" 2>&1 || { cat "$TMP/build.log" >&2; exit 1; }
+fi
+go build -o "$TMP/bareproxy" ./e2e/cmd/bareproxy
+echo "meridian $(git describe --always --dirty 2>/dev/null || echo unknown), bin/dataplane built $(date -r bin/dataplane '+%F %T')"
+
+# ------------------------------------------------------------------- targets
+start_upstream
+
+claim_port 'PORT[nginx]'
+mkdir -p "$TMP/nginx"
+cat >"$TMP/nginx/nginx.conf" <<EOF
+worker_processes 1;
+$(nginx_paths "$TMP/nginx")
+events { worker_connections 4096; }
+http {
+    access_log off;
+$(nginx_temp_paths "$TMP/nginx")
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    upstream backend {
+        server 127.0.0.1:${PORT[direct]};
+        keepalive 256;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:${PORT[nginx]};
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+        }
+    }
+}
+EOF
+start nginx "$CPU_PROXY" nginx -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx"
+
+claim_port 'PORT[haproxy]'
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+    timeout http-keep-alive 120s
+frontend bench
+    bind 127.0.0.1:${PORT[haproxy]}
+    default_backend upstream
+backend upstream
+    server up1 127.0.0.1:${PORT[direct]} maxconn 1024
+EOF
+start haproxy "$CPU_PROXY" haproxy -db -f "$TMP/haproxy.cfg"
+
+claim_port 'PORT[caddy]'
+mkdir -p "$TMP/caddy"
+# Caddy's idle-pool defaults are raised to Meridian's (1024 / 256 per host).
+cat >"$TMP/caddy/Caddyfile" <<EOF
+{
+    admin off
+    auto_https off
+}
+http://127.0.0.1:${PORT[caddy]} {
+    reverse_proxy 127.0.0.1:${PORT[direct]} {
+        transport http {
+            keepalive 90s
+            keepalive_idle_conns 1024
+            keepalive_idle_conns_per_host 256
+        }
+    }
+}
+EOF
+start caddy "$CPU_PROXY" env HOME="$TMP/caddy" XDG_DATA_HOME="$TMP/caddy" XDG_CONFIG_HOME="$TMP/caddy" \
+	caddy run --config "$TMP/caddy/Caddyfile" --adapter caddyfile
+
+claim_port 'PORT[bareproxy]'
+start bareproxy "$CPU_PROXY" "$TMP/bareproxy" --listen "127.0.0.1:${PORT[bareproxy]}" \
+	--upstream "http://127.0.0.1:${PORT[direct]}"
+
+meridian_config "$TMP/meridian.yaml"
+meridian_config_routes "$TMP/meridian-10k.yaml" "$ROUTES"
+start_meridian meridian "$TMP/meridian.yaml" "$ROOT/bin/dataplane"
+start_meridian meridian-10k "$TMP/meridian-10k.yaml" "$ROOT/bin/dataplane"
+
+TARGETS=(direct nginx haproxy caddy bareproxy meridian meridian-10k)
+for t in "${TARGETS[@]}"; do
+	wait_http "$t" "http://127.0.0.1:${PORT[$t]}$REQ_PATH"
+	check_body "$t"
+done
+# Proof the extra routes are live: a generated route answers from the decoy.
+wait_http meridian-10k "http://127.0.0.1:${PORT[meridian-10k]}/svc-1/x" 502
+
+# ------------------------------------------------------------------- measure
+# measure ROUND TARGET: one wrk run, one line appended to $TMP/results.tsv:
+# round, target, req/s, p50 ms, p99 ms, errors, requests per CPU-second of
+# the process under test (what it would serve with a whole core to itself;
+# unlike req/s it does not drop when a neighbour takes part of the core).
+measure() {
+	local round=$1 t=$2 out rps p50 p99 errors before after reqs per_cpu
+	out="$TMP/wrk-$t-$round.txt"
+	before=$(cpu_ticks "$t")
+	taskset -c "$CPU_LOAD" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${PORT[$t]}$REQ_PATH" >"$out"
+	after=$(cpu_ticks "$t")
+	rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+	reqs=$(awk '/requests in/ {print $1}' "$out")
+	per_cpu=$(awk -v r="$reqs" -v d="$((after - before))" -v hz="$CLK_TCK" 'BEGIN {printf "%.0f", (d > 0 ? r * hz / d : 0)}')
+	p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
+	p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
+	errors=$(awk '/Non-2xx or 3xx responses:/ {n += $NF} /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$out")
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$rps" "$p50" "$p99" "$errors" "$per_cpu" >>"$TMP/results.tsv"
+	printf '  %-13s %9.0f req/s  %9.0f req/CPU-s  (CPU %3.0f%%)  p50 %7.3f ms  p99 %7.3f ms%s\n' \
+		"$t" "$rps" "$per_cpu" "$(awk -v r="$rps" -v p="$per_cpu" 'BEGIN {print (p > 0 ? 100 * r / p : 0)}')" "$p50" "$p99" \
+		"$([ "$errors" = 0 ] || echo "   ERRORS: $errors")"
+}
+
+echo "== warm-up ($WARMUP each)"
+for t in "${TARGETS[@]}"; do
+	taskset -c "$CPU_LOAD" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:${PORT[$t]}$REQ_PATH" >/dev/null
+done
+
+: >"$TMP/results.tsv"
+n=${#TARGETS[@]}
+for round in $(seq "$ROUNDS"); do
+	echo "== round $round/$ROUNDS (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+	for i in $(seq 0 $((n - 1))); do
+		measure "$round" "${TARGETS[$(((i + round - 1) % n))]}"
+	done
+done
+
+# median TARGET COLUMN: the median of a results.tsv column (3 rps, 4 p50, 5 p99).
+median() {
+	awk -F'\t' -v t="$1" -v c="$2" '$2 == t {print $c}' "$TMP/results.tsv" | sort -g |
+		awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
+
+declare -A RPS PER_CPU
+echo
+echo "== medians over $ROUNDS rounds (wrk -t1 -c$CONNECTIONS -d$DURATION, 1 KiB body)"
+echo "req/CPU-s: requests per CPU-second used by the target's own processes (direct: the upstream nginx)"
+printf '| %-13s | %9s | %9s | %8s | %8s | %6s |\n' target "req/s" "req/CPU-s" "p50 ms" "p99 ms" errors
+printf '|%s|%s|%s|%s|%s|%s|\n' "---------------" "----------:" "----------:" "---------:" "---------:" "-------:"
+for t in "${TARGETS[@]}"; do
+	RPS[$t]=$(median "$t" 3)
+	PER_CPU[$t]=$(median "$t" 7)
+	errs=$(awk -F'\t' -v t="$t" '$2 == t {n += $6} END {print n + 0}' "$TMP/results.tsv")
+	printf '| %-13s | %9.0f | %9.0f | %8.3f | %8.3f | %6s |\n' "$t" "${RPS[$t]}" "${PER_CPU[$t]}" \
+		"$(median "$t" 4)" "$(median "$t" 5)" "$errs"
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+# verdict RATIO MIN: met / not met.
+verdict() { awk -v r="$1" -v m="$2" 'BEGIN {print ((r >= m) ? "met" : "NOT met")}'; }
+# report LABEL A B [MIN]: the ratio A/B of both medians, with a verdict
+# against MIN when given.
+report() {
+	local r1 r2
+	r1=$(ratio "${RPS[$2]}" "${RPS[$3]}")
+	r2=$(ratio "${PER_CPU[$2]}" "${PER_CPU[$3]}")
+	if [ -n "${4:-}" ]; then
+		printf '%-33s %5s (%s)   %5s (%s)\n' "$1" "$r1" "$(verdict "$r1" "$4")" "$r2" "$(verdict "$r2" "$4")"
+	else
+		printf '%-33s %5s         %5s\n' "$1" "$r1" "$r2"
+	fi
+}
+echo
+echo "== ratios of medians                req/s         req/CPU-s"
+report "Meridian / bare ReverseProxy >=1" meridian bareproxy 1.00
+report "Meridian / Caddy >=1.4" meridian caddy 1.40
+report "Meridian / nginx" meridian nginx
+report "Meridian / HAProxy" meridian haproxy
+report "Meridian $ROUTES routes / 1 >=0.97" meridian-10k meridian 0.97
+if [ -n "${RESULTS:-}" ]; then cp "$TMP/results.tsv" "$RESULTS"; fi

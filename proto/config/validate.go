@@ -353,6 +353,7 @@ func (v *validator) route(s *meridianv1.RouteSpec) {
 	v.duration("spec.timeout", s.GetTimeout())
 	v.retry(s.GetRetry())
 	v.ref("spec.auth.jwt", KindJWTProvider, s.GetAuth().GetJwt())
+	v.auth(s.GetAuth())
 	seen := map[string]bool{}
 	for i, rl := range s.GetRateLimits() {
 		p := fmt.Sprintf("spec.rateLimits[%d]", i)
@@ -363,6 +364,21 @@ func (v *validator) route(s *meridianv1.RouteSpec) {
 		v.ref(p, KindRateLimit, rl)
 	}
 	v.ref("spec.circuitBreaker", KindCircuitBreaker, s.GetCircuitBreaker())
+}
+
+func (v *validator) auth(a *meridianv1.RouteAuth) {
+	if a.GetJwt() == "" && (len(a.GetRequireClaims()) > 0 || a.GetForwardToken()) {
+		v.errf("spec.auth.jwt", "required when requireClaims or forwardToken is set")
+	}
+	for i, c := range a.GetRequireClaims() {
+		p := fmt.Sprintf("spec.auth.requireClaims[%d]", i)
+		if c.GetClaim() == "" {
+			v.errf(p+".claim", "required")
+		}
+		if (len(c.GetValues()) == 0) == (len(c.GetContains()) == 0) {
+			v.errf(p, "exactly one of values, contains is required")
+		}
+	}
 }
 
 func (v *validator) absPath(path, p string) {
@@ -699,6 +715,10 @@ func (v *validator) jwtProvider(s *meridianv1.JWTProviderSpec) {
 		if env := k.GetSecretEnv(); env != "" && !envNamePattern.MatchString(env) {
 			v.errf(p+".secretEnv", "%q is not an environment variable name", env)
 		}
+	}
+	v.duration("spec.jwksRefreshInterval", s.GetJwksRefreshInterval())
+	if s.GetJwksRefreshInterval() != nil && s.GetJwksUri() == "" {
+		v.errf("spec.jwksRefreshInterval", "only used with jwksURI")
 	}
 	if sk := v.duration("spec.clockSkew", s.GetClockSkew()); sk > maxClockSkew {
 		v.errf("spec.clockSkew", "must be at most %s", maxClockSkew)

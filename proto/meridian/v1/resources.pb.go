@@ -2011,7 +2011,11 @@ func (x *Backoff) GetMax() *durationpb.Duration {
 type RouteAuth struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Name of a JWTProvider.
-	Jwt           string `protobuf:"bytes,1,opt,name=jwt,proto3" json:"jwt,omitempty"`
+	Jwt string `protobuf:"bytes,1,opt,name=jwt,proto3" json:"jwt,omitempty"`
+	// Claims a valid token must also carry; a token without them gets 403.
+	RequireClaims []*ClaimRequirement `protobuf:"bytes,2,rep,name=require_claims,json=requireClaims,proto3" json:"require_claims,omitempty"`
+	// Pass the token on to the upstream; by default it is removed.
+	ForwardToken  bool `protobuf:"varint,3,opt,name=forward_token,json=forwardToken,proto3" json:"forward_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2053,6 +2057,86 @@ func (x *RouteAuth) GetJwt() string {
 	return ""
 }
 
+func (x *RouteAuth) GetRequireClaims() []*ClaimRequirement {
+	if x != nil {
+		return x.RequireClaims
+	}
+	return nil
+}
+
+func (x *RouteAuth) GetForwardToken() bool {
+	if x != nil {
+		return x.ForwardToken
+	}
+	return false
+}
+
+// ClaimRequirement is one condition on a token's claims: exactly one of
+// values or contains.
+type ClaimRequirement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Claim name, e.g. "scope", "roles", "tenant".
+	Claim string `protobuf:"bytes,1,opt,name=claim,proto3" json:"claim,omitempty"`
+	// The claim's value must equal one of these.
+	Values []string `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"`
+	// The claim, a space-separated string or an array, must contain every one
+	// of these (scopes, roles).
+	Contains      []string `protobuf:"bytes,3,rep,name=contains,proto3" json:"contains,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClaimRequirement) Reset() {
+	*x = ClaimRequirement{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClaimRequirement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClaimRequirement) ProtoMessage() {}
+
+func (x *ClaimRequirement) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClaimRequirement.ProtoReflect.Descriptor instead.
+func (*ClaimRequirement) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ClaimRequirement) GetClaim() string {
+	if x != nil {
+		return x.Claim
+	}
+	return ""
+}
+
+func (x *ClaimRequirement) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+func (x *ClaimRequirement) GetContains() []string {
+	if x != nil {
+		return x.Contains
+	}
+	return nil
+}
+
 // RateLimit limits request rate per key.
 type RateLimit struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2064,7 +2148,7 @@ type RateLimit struct {
 
 func (x *RateLimit) Reset() {
 	*x = RateLimit{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[24]
+	mi := &file_meridian_v1_resources_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2076,7 +2160,7 @@ func (x *RateLimit) String() string {
 func (*RateLimit) ProtoMessage() {}
 
 func (x *RateLimit) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[24]
+	mi := &file_meridian_v1_resources_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2089,7 +2173,7 @@ func (x *RateLimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RateLimit.ProtoReflect.Descriptor instead.
 func (*RateLimit) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{24}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RateLimit) GetMetadata() *Metadata {
@@ -2125,7 +2209,7 @@ type RateLimitSpec struct {
 
 func (x *RateLimitSpec) Reset() {
 	*x = RateLimitSpec{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[25]
+	mi := &file_meridian_v1_resources_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2137,7 +2221,7 @@ func (x *RateLimitSpec) String() string {
 func (*RateLimitSpec) ProtoMessage() {}
 
 func (x *RateLimitSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[25]
+	mi := &file_meridian_v1_resources_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2150,7 +2234,7 @@ func (x *RateLimitSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RateLimitSpec.ProtoReflect.Descriptor instead.
 func (*RateLimitSpec) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{25}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RateLimitSpec) GetScope() RateLimitScope {
@@ -2220,7 +2304,7 @@ type CircuitBreaker struct {
 
 func (x *CircuitBreaker) Reset() {
 	*x = CircuitBreaker{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[26]
+	mi := &file_meridian_v1_resources_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2232,7 +2316,7 @@ func (x *CircuitBreaker) String() string {
 func (*CircuitBreaker) ProtoMessage() {}
 
 func (x *CircuitBreaker) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[26]
+	mi := &file_meridian_v1_resources_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2245,7 +2329,7 @@ func (x *CircuitBreaker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CircuitBreaker.ProtoReflect.Descriptor instead.
 func (*CircuitBreaker) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{26}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CircuitBreaker) GetMetadata() *Metadata {
@@ -2280,7 +2364,7 @@ type CircuitBreakerSpec struct {
 
 func (x *CircuitBreakerSpec) Reset() {
 	*x = CircuitBreakerSpec{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[27]
+	mi := &file_meridian_v1_resources_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2292,7 +2376,7 @@ func (x *CircuitBreakerSpec) String() string {
 func (*CircuitBreakerSpec) ProtoMessage() {}
 
 func (x *CircuitBreakerSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[27]
+	mi := &file_meridian_v1_resources_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2305,7 +2389,7 @@ func (x *CircuitBreakerSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CircuitBreakerSpec.ProtoReflect.Descriptor instead.
 func (*CircuitBreakerSpec) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{27}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CircuitBreakerSpec) GetWindow() *durationpb.Duration {
@@ -2383,7 +2467,7 @@ type TripConditions struct {
 
 func (x *TripConditions) Reset() {
 	*x = TripConditions{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[28]
+	mi := &file_meridian_v1_resources_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2395,7 +2479,7 @@ func (x *TripConditions) String() string {
 func (*TripConditions) ProtoMessage() {}
 
 func (x *TripConditions) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[28]
+	mi := &file_meridian_v1_resources_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2408,7 +2492,7 @@ func (x *TripConditions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TripConditions.ProtoReflect.Descriptor instead.
 func (*TripConditions) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{28}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *TripConditions) GetErrorRate() float64 {
@@ -2443,7 +2527,7 @@ type LatencyTrip struct {
 
 func (x *LatencyTrip) Reset() {
 	*x = LatencyTrip{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[29]
+	mi := &file_meridian_v1_resources_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2455,7 +2539,7 @@ func (x *LatencyTrip) String() string {
 func (*LatencyTrip) ProtoMessage() {}
 
 func (x *LatencyTrip) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[29]
+	mi := &file_meridian_v1_resources_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2468,7 +2552,7 @@ func (x *LatencyTrip) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LatencyTrip.ProtoReflect.Descriptor instead.
 func (*LatencyTrip) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{29}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *LatencyTrip) GetQuantile() float64 {
@@ -2498,7 +2582,7 @@ type OpenPolicy struct {
 
 func (x *OpenPolicy) Reset() {
 	*x = OpenPolicy{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[30]
+	mi := &file_meridian_v1_resources_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2510,7 +2594,7 @@ func (x *OpenPolicy) String() string {
 func (*OpenPolicy) ProtoMessage() {}
 
 func (x *OpenPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[30]
+	mi := &file_meridian_v1_resources_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2523,7 +2607,7 @@ func (x *OpenPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenPolicy.ProtoReflect.Descriptor instead.
 func (*OpenPolicy) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{30}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *OpenPolicy) GetDuration() *durationpb.Duration {
@@ -2565,7 +2649,7 @@ type HalfOpenPolicy struct {
 
 func (x *HalfOpenPolicy) Reset() {
 	*x = HalfOpenPolicy{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[31]
+	mi := &file_meridian_v1_resources_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2577,7 +2661,7 @@ func (x *HalfOpenPolicy) String() string {
 func (*HalfOpenPolicy) ProtoMessage() {}
 
 func (x *HalfOpenPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[31]
+	mi := &file_meridian_v1_resources_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2590,7 +2674,7 @@ func (x *HalfOpenPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HalfOpenPolicy.ProtoReflect.Descriptor instead.
 func (*HalfOpenPolicy) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{31}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *HalfOpenPolicy) GetProbes() uint32 {
@@ -2619,7 +2703,7 @@ type Fallback struct {
 
 func (x *Fallback) Reset() {
 	*x = Fallback{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[32]
+	mi := &file_meridian_v1_resources_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2631,7 +2715,7 @@ func (x *Fallback) String() string {
 func (*Fallback) ProtoMessage() {}
 
 func (x *Fallback) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[32]
+	mi := &file_meridian_v1_resources_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2644,7 +2728,7 @@ func (x *Fallback) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fallback.ProtoReflect.Descriptor instead.
 func (*Fallback) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{32}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Fallback) GetStatus() uint32 {
@@ -2679,7 +2763,7 @@ type JWTProvider struct {
 
 func (x *JWTProvider) Reset() {
 	*x = JWTProvider{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[33]
+	mi := &file_meridian_v1_resources_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2691,7 +2775,7 @@ func (x *JWTProvider) String() string {
 func (*JWTProvider) ProtoMessage() {}
 
 func (x *JWTProvider) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[33]
+	mi := &file_meridian_v1_resources_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2704,7 +2788,7 @@ func (x *JWTProvider) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTProvider.ProtoReflect.Descriptor instead.
 func (*JWTProvider) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{33}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *JWTProvider) GetMetadata() *Metadata {
@@ -2736,13 +2820,15 @@ type JWTProviderSpec struct {
 	// Claim name -> request header name.
 	ForwardClaims map[string]string `protobuf:"bytes,8,rep,name=forward_claims,json=forwardClaims,proto3" json:"forward_claims,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	ConsumerClaim string            `protobuf:"bytes,9,opt,name=consumer_claim,json=consumerClaim,proto3" json:"consumer_claim,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// How often the JWKS is refetched in the background; 0 = 5m.
+	JwksRefreshInterval *durationpb.Duration `protobuf:"bytes,10,opt,name=jwks_refresh_interval,json=jwksRefreshInterval,proto3" json:"jwks_refresh_interval,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *JWTProviderSpec) Reset() {
 	*x = JWTProviderSpec{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[34]
+	mi := &file_meridian_v1_resources_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2754,7 +2840,7 @@ func (x *JWTProviderSpec) String() string {
 func (*JWTProviderSpec) ProtoMessage() {}
 
 func (x *JWTProviderSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[34]
+	mi := &file_meridian_v1_resources_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2767,7 +2853,7 @@ func (x *JWTProviderSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTProviderSpec.ProtoReflect.Descriptor instead.
 func (*JWTProviderSpec) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{34}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *JWTProviderSpec) GetIssuer() string {
@@ -2833,6 +2919,13 @@ func (x *JWTProviderSpec) GetConsumerClaim() string {
 	return ""
 }
 
+func (x *JWTProviderSpec) GetJwksRefreshInterval() *durationpb.Duration {
+	if x != nil {
+		return x.JwksRefreshInterval
+	}
+	return nil
+}
+
 // JWTKey is one inline key. Secrets are referenced, never stored.
 type JWTKey struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -2848,7 +2941,7 @@ type JWTKey struct {
 
 func (x *JWTKey) Reset() {
 	*x = JWTKey{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[35]
+	mi := &file_meridian_v1_resources_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2860,7 +2953,7 @@ func (x *JWTKey) String() string {
 func (*JWTKey) ProtoMessage() {}
 
 func (x *JWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[35]
+	mi := &file_meridian_v1_resources_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2873,7 +2966,7 @@ func (x *JWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTKey.ProtoReflect.Descriptor instead.
 func (*JWTKey) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{35}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *JWTKey) GetKid() string {
@@ -3030,9 +3123,15 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\x0ebudget_percent\x18\x04 \x01(\rR\rbudgetPercent\"e\n" +
 	"\aBackoff\x12-\n" +
 	"\x04base\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x04base\x12+\n" +
-	"\x03max\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03max\"\x1d\n" +
+	"\x03max\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03max\"\x88\x01\n" +
 	"\tRouteAuth\x12\x10\n" +
-	"\x03jwt\x18\x01 \x01(\tR\x03jwt\"n\n" +
+	"\x03jwt\x18\x01 \x01(\tR\x03jwt\x12D\n" +
+	"\x0erequire_claims\x18\x02 \x03(\v2\x1d.meridian.v1.ClaimRequirementR\rrequireClaims\x12#\n" +
+	"\rforward_token\x18\x03 \x01(\bR\fforwardToken\"\\\n" +
+	"\x10ClaimRequirement\x12\x14\n" +
+	"\x05claim\x18\x01 \x01(\tR\x05claim\x12\x16\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values\x12\x1a\n" +
+	"\bcontains\x18\x03 \x03(\tR\bcontains\"n\n" +
 	"\tRateLimit\x121\n" +
 	"\bmetadata\x18\x01 \x01(\v2\x15.meridian.v1.MetadataR\bmetadata\x12.\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1a.meridian.v1.RateLimitSpecR\x04spec\"\xd5\x02\n" +
@@ -3086,7 +3185,7 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"r\n" +
 	"\vJWTProvider\x121\n" +
 	"\bmetadata\x18\x01 \x01(\v2\x15.meridian.v1.MetadataR\bmetadata\x120\n" +
-	"\x04spec\x18\x02 \x01(\v2\x1c.meridian.v1.JWTProviderSpecR\x04spec\"\xc5\x03\n" +
+	"\x04spec\x18\x02 \x01(\v2\x1c.meridian.v1.JWTProviderSpecR\x04spec\"\x94\x04\n" +
 	"\x0fJWTProviderSpec\x12\x16\n" +
 	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12\x1c\n" +
 	"\taudiences\x18\x02 \x03(\tR\taudiences\x12\x1e\n" +
@@ -3100,7 +3199,9 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\n" +
 	"token_from\x18\a \x03(\tR\ttokenFrom\x12V\n" +
 	"\x0eforward_claims\x18\b \x03(\v2/.meridian.v1.JWTProviderSpec.ForwardClaimsEntryR\rforwardClaims\x12%\n" +
-	"\x0econsumer_claim\x18\t \x01(\tR\rconsumerClaim\x1a@\n" +
+	"\x0econsumer_claim\x18\t \x01(\tR\rconsumerClaim\x12M\n" +
+	"\x15jwks_refresh_interval\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x13jwksRefreshInterval\x1a@\n" +
 	"\x12ForwardClaimsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x01\n" +
@@ -3157,7 +3258,7 @@ func file_meridian_v1_resources_proto_rawDescGZIP() []byte {
 }
 
 var file_meridian_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_meridian_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_meridian_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_meridian_v1_resources_proto_goTypes = []any{
 	(Scheme)(0),                 // 0: meridian.v1.Scheme
 	(LoadBalancerPolicy)(0),     // 1: meridian.v1.LoadBalancerPolicy
@@ -3189,32 +3290,33 @@ var file_meridian_v1_resources_proto_goTypes = []any{
 	(*RetryPolicy)(nil),         // 27: meridian.v1.RetryPolicy
 	(*Backoff)(nil),             // 28: meridian.v1.Backoff
 	(*RouteAuth)(nil),           // 29: meridian.v1.RouteAuth
-	(*RateLimit)(nil),           // 30: meridian.v1.RateLimit
-	(*RateLimitSpec)(nil),       // 31: meridian.v1.RateLimitSpec
-	(*CircuitBreaker)(nil),      // 32: meridian.v1.CircuitBreaker
-	(*CircuitBreakerSpec)(nil),  // 33: meridian.v1.CircuitBreakerSpec
-	(*TripConditions)(nil),      // 34: meridian.v1.TripConditions
-	(*LatencyTrip)(nil),         // 35: meridian.v1.LatencyTrip
-	(*OpenPolicy)(nil),          // 36: meridian.v1.OpenPolicy
-	(*HalfOpenPolicy)(nil),      // 37: meridian.v1.HalfOpenPolicy
-	(*Fallback)(nil),            // 38: meridian.v1.Fallback
-	(*JWTProvider)(nil),         // 39: meridian.v1.JWTProvider
-	(*JWTProviderSpec)(nil),     // 40: meridian.v1.JWTProviderSpec
-	(*JWTKey)(nil),              // 41: meridian.v1.JWTKey
-	nil,                         // 42: meridian.v1.Metadata.LabelsEntry
-	nil,                         // 43: meridian.v1.HeaderOps.SetEntry
-	nil,                         // 44: meridian.v1.HeaderOps.AddEntry
-	nil,                         // 45: meridian.v1.Fallback.HeadersEntry
-	nil,                         // 46: meridian.v1.JWTProviderSpec.ForwardClaimsEntry
-	(*durationpb.Duration)(nil), // 47: google.protobuf.Duration
+	(*ClaimRequirement)(nil),    // 30: meridian.v1.ClaimRequirement
+	(*RateLimit)(nil),           // 31: meridian.v1.RateLimit
+	(*RateLimitSpec)(nil),       // 32: meridian.v1.RateLimitSpec
+	(*CircuitBreaker)(nil),      // 33: meridian.v1.CircuitBreaker
+	(*CircuitBreakerSpec)(nil),  // 34: meridian.v1.CircuitBreakerSpec
+	(*TripConditions)(nil),      // 35: meridian.v1.TripConditions
+	(*LatencyTrip)(nil),         // 36: meridian.v1.LatencyTrip
+	(*OpenPolicy)(nil),          // 37: meridian.v1.OpenPolicy
+	(*HalfOpenPolicy)(nil),      // 38: meridian.v1.HalfOpenPolicy
+	(*Fallback)(nil),            // 39: meridian.v1.Fallback
+	(*JWTProvider)(nil),         // 40: meridian.v1.JWTProvider
+	(*JWTProviderSpec)(nil),     // 41: meridian.v1.JWTProviderSpec
+	(*JWTKey)(nil),              // 42: meridian.v1.JWTKey
+	nil,                         // 43: meridian.v1.Metadata.LabelsEntry
+	nil,                         // 44: meridian.v1.HeaderOps.SetEntry
+	nil,                         // 45: meridian.v1.HeaderOps.AddEntry
+	nil,                         // 46: meridian.v1.Fallback.HeadersEntry
+	nil,                         // 47: meridian.v1.JWTProviderSpec.ForwardClaimsEntry
+	(*durationpb.Duration)(nil), // 48: google.protobuf.Duration
 }
 var file_meridian_v1_resources_proto_depIdxs = []int32{
-	42, // 0: meridian.v1.Metadata.labels:type_name -> meridian.v1.Metadata.LabelsEntry
+	43, // 0: meridian.v1.Metadata.labels:type_name -> meridian.v1.Metadata.LabelsEntry
 	9,  // 1: meridian.v1.Resource.upstream:type_name -> meridian.v1.Upstream
 	19, // 2: meridian.v1.Resource.route:type_name -> meridian.v1.Route
-	30, // 3: meridian.v1.Resource.rate_limit:type_name -> meridian.v1.RateLimit
-	32, // 4: meridian.v1.Resource.circuit_breaker:type_name -> meridian.v1.CircuitBreaker
-	39, // 5: meridian.v1.Resource.jwt_provider:type_name -> meridian.v1.JWTProvider
+	31, // 3: meridian.v1.Resource.rate_limit:type_name -> meridian.v1.RateLimit
+	33, // 4: meridian.v1.Resource.circuit_breaker:type_name -> meridian.v1.CircuitBreaker
+	40, // 5: meridian.v1.Resource.jwt_provider:type_name -> meridian.v1.JWTProvider
 	6,  // 6: meridian.v1.Upstream.metadata:type_name -> meridian.v1.Metadata
 	10, // 7: meridian.v1.Upstream.spec:type_name -> meridian.v1.UpstreamSpec
 	11, // 8: meridian.v1.UpstreamSpec.targets:type_name -> meridian.v1.Target
@@ -3227,59 +3329,61 @@ var file_meridian_v1_resources_proto_depIdxs = []int32{
 	1,  // 15: meridian.v1.LoadBalancer.policy:type_name -> meridian.v1.LoadBalancerPolicy
 	14, // 16: meridian.v1.HealthCheck.active:type_name -> meridian.v1.ActiveHealthCheck
 	15, // 17: meridian.v1.HealthCheck.passive:type_name -> meridian.v1.PassiveHealthCheck
-	47, // 18: meridian.v1.ActiveHealthCheck.interval:type_name -> google.protobuf.Duration
-	47, // 19: meridian.v1.ActiveHealthCheck.timeout:type_name -> google.protobuf.Duration
-	47, // 20: meridian.v1.PassiveHealthCheck.ejection_time:type_name -> google.protobuf.Duration
-	47, // 21: meridian.v1.ConnectionPool.idle_conn_timeout:type_name -> google.protobuf.Duration
-	47, // 22: meridian.v1.ConnectionPool.tls_handshake_timeout:type_name -> google.protobuf.Duration
-	47, // 23: meridian.v1.UpstreamTimeouts.connect:type_name -> google.protobuf.Duration
+	48, // 18: meridian.v1.ActiveHealthCheck.interval:type_name -> google.protobuf.Duration
+	48, // 19: meridian.v1.ActiveHealthCheck.timeout:type_name -> google.protobuf.Duration
+	48, // 20: meridian.v1.PassiveHealthCheck.ejection_time:type_name -> google.protobuf.Duration
+	48, // 21: meridian.v1.ConnectionPool.idle_conn_timeout:type_name -> google.protobuf.Duration
+	48, // 22: meridian.v1.ConnectionPool.tls_handshake_timeout:type_name -> google.protobuf.Duration
+	48, // 23: meridian.v1.UpstreamTimeouts.connect:type_name -> google.protobuf.Duration
 	6,  // 24: meridian.v1.Route.metadata:type_name -> meridian.v1.Metadata
 	20, // 25: meridian.v1.Route.spec:type_name -> meridian.v1.RouteSpec
 	21, // 26: meridian.v1.RouteSpec.match:type_name -> meridian.v1.RouteMatch
 	24, // 27: meridian.v1.RouteSpec.rewrite:type_name -> meridian.v1.Rewrite
 	25, // 28: meridian.v1.RouteSpec.headers:type_name -> meridian.v1.HeaderPolicy
-	47, // 29: meridian.v1.RouteSpec.timeout:type_name -> google.protobuf.Duration
+	48, // 29: meridian.v1.RouteSpec.timeout:type_name -> google.protobuf.Duration
 	27, // 30: meridian.v1.RouteSpec.retry:type_name -> meridian.v1.RetryPolicy
 	29, // 31: meridian.v1.RouteSpec.auth:type_name -> meridian.v1.RouteAuth
 	22, // 32: meridian.v1.RouteMatch.paths:type_name -> meridian.v1.PathMatch
 	23, // 33: meridian.v1.RouteMatch.headers:type_name -> meridian.v1.HeaderMatch
 	26, // 34: meridian.v1.HeaderPolicy.request:type_name -> meridian.v1.HeaderOps
 	26, // 35: meridian.v1.HeaderPolicy.response:type_name -> meridian.v1.HeaderOps
-	43, // 36: meridian.v1.HeaderOps.set:type_name -> meridian.v1.HeaderOps.SetEntry
-	44, // 37: meridian.v1.HeaderOps.add:type_name -> meridian.v1.HeaderOps.AddEntry
+	44, // 36: meridian.v1.HeaderOps.set:type_name -> meridian.v1.HeaderOps.SetEntry
+	45, // 37: meridian.v1.HeaderOps.add:type_name -> meridian.v1.HeaderOps.AddEntry
 	28, // 38: meridian.v1.RetryPolicy.backoff:type_name -> meridian.v1.Backoff
-	47, // 39: meridian.v1.Backoff.base:type_name -> google.protobuf.Duration
-	47, // 40: meridian.v1.Backoff.max:type_name -> google.protobuf.Duration
-	6,  // 41: meridian.v1.RateLimit.metadata:type_name -> meridian.v1.Metadata
-	31, // 42: meridian.v1.RateLimit.spec:type_name -> meridian.v1.RateLimitSpec
-	2,  // 43: meridian.v1.RateLimitSpec.scope:type_name -> meridian.v1.RateLimitScope
-	3,  // 44: meridian.v1.RateLimitSpec.algorithm:type_name -> meridian.v1.RateLimitAlgorithm
-	47, // 45: meridian.v1.RateLimitSpec.period:type_name -> google.protobuf.Duration
-	4,  // 46: meridian.v1.RateLimitSpec.on_store_failure:type_name -> meridian.v1.StoreFailurePolicy
-	6,  // 47: meridian.v1.CircuitBreaker.metadata:type_name -> meridian.v1.Metadata
-	33, // 48: meridian.v1.CircuitBreaker.spec:type_name -> meridian.v1.CircuitBreakerSpec
-	47, // 49: meridian.v1.CircuitBreakerSpec.window:type_name -> google.protobuf.Duration
-	47, // 50: meridian.v1.CircuitBreakerSpec.bucket:type_name -> google.protobuf.Duration
-	34, // 51: meridian.v1.CircuitBreakerSpec.trip:type_name -> meridian.v1.TripConditions
-	36, // 52: meridian.v1.CircuitBreakerSpec.open:type_name -> meridian.v1.OpenPolicy
-	37, // 53: meridian.v1.CircuitBreakerSpec.half_open:type_name -> meridian.v1.HalfOpenPolicy
-	5,  // 54: meridian.v1.CircuitBreakerSpec.scope:type_name -> meridian.v1.BreakerScope
-	38, // 55: meridian.v1.CircuitBreakerSpec.fallback:type_name -> meridian.v1.Fallback
-	35, // 56: meridian.v1.TripConditions.latency:type_name -> meridian.v1.LatencyTrip
-	47, // 57: meridian.v1.LatencyTrip.threshold:type_name -> google.protobuf.Duration
-	47, // 58: meridian.v1.OpenPolicy.duration:type_name -> google.protobuf.Duration
-	47, // 59: meridian.v1.OpenPolicy.max_duration:type_name -> google.protobuf.Duration
-	45, // 60: meridian.v1.Fallback.headers:type_name -> meridian.v1.Fallback.HeadersEntry
-	6,  // 61: meridian.v1.JWTProvider.metadata:type_name -> meridian.v1.Metadata
-	40, // 62: meridian.v1.JWTProvider.spec:type_name -> meridian.v1.JWTProviderSpec
-	41, // 63: meridian.v1.JWTProviderSpec.keys:type_name -> meridian.v1.JWTKey
-	47, // 64: meridian.v1.JWTProviderSpec.clock_skew:type_name -> google.protobuf.Duration
-	46, // 65: meridian.v1.JWTProviderSpec.forward_claims:type_name -> meridian.v1.JWTProviderSpec.ForwardClaimsEntry
-	66, // [66:66] is the sub-list for method output_type
-	66, // [66:66] is the sub-list for method input_type
-	66, // [66:66] is the sub-list for extension type_name
-	66, // [66:66] is the sub-list for extension extendee
-	0,  // [0:66] is the sub-list for field type_name
+	48, // 39: meridian.v1.Backoff.base:type_name -> google.protobuf.Duration
+	48, // 40: meridian.v1.Backoff.max:type_name -> google.protobuf.Duration
+	30, // 41: meridian.v1.RouteAuth.require_claims:type_name -> meridian.v1.ClaimRequirement
+	6,  // 42: meridian.v1.RateLimit.metadata:type_name -> meridian.v1.Metadata
+	32, // 43: meridian.v1.RateLimit.spec:type_name -> meridian.v1.RateLimitSpec
+	2,  // 44: meridian.v1.RateLimitSpec.scope:type_name -> meridian.v1.RateLimitScope
+	3,  // 45: meridian.v1.RateLimitSpec.algorithm:type_name -> meridian.v1.RateLimitAlgorithm
+	48, // 46: meridian.v1.RateLimitSpec.period:type_name -> google.protobuf.Duration
+	4,  // 47: meridian.v1.RateLimitSpec.on_store_failure:type_name -> meridian.v1.StoreFailurePolicy
+	6,  // 48: meridian.v1.CircuitBreaker.metadata:type_name -> meridian.v1.Metadata
+	34, // 49: meridian.v1.CircuitBreaker.spec:type_name -> meridian.v1.CircuitBreakerSpec
+	48, // 50: meridian.v1.CircuitBreakerSpec.window:type_name -> google.protobuf.Duration
+	48, // 51: meridian.v1.CircuitBreakerSpec.bucket:type_name -> google.protobuf.Duration
+	35, // 52: meridian.v1.CircuitBreakerSpec.trip:type_name -> meridian.v1.TripConditions
+	37, // 53: meridian.v1.CircuitBreakerSpec.open:type_name -> meridian.v1.OpenPolicy
+	38, // 54: meridian.v1.CircuitBreakerSpec.half_open:type_name -> meridian.v1.HalfOpenPolicy
+	5,  // 55: meridian.v1.CircuitBreakerSpec.scope:type_name -> meridian.v1.BreakerScope
+	39, // 56: meridian.v1.CircuitBreakerSpec.fallback:type_name -> meridian.v1.Fallback
+	36, // 57: meridian.v1.TripConditions.latency:type_name -> meridian.v1.LatencyTrip
+	48, // 58: meridian.v1.LatencyTrip.threshold:type_name -> google.protobuf.Duration
+	48, // 59: meridian.v1.OpenPolicy.duration:type_name -> google.protobuf.Duration
+	48, // 60: meridian.v1.OpenPolicy.max_duration:type_name -> google.protobuf.Duration
+	46, // 61: meridian.v1.Fallback.headers:type_name -> meridian.v1.Fallback.HeadersEntry
+	6,  // 62: meridian.v1.JWTProvider.metadata:type_name -> meridian.v1.Metadata
+	41, // 63: meridian.v1.JWTProvider.spec:type_name -> meridian.v1.JWTProviderSpec
+	42, // 64: meridian.v1.JWTProviderSpec.keys:type_name -> meridian.v1.JWTKey
+	48, // 65: meridian.v1.JWTProviderSpec.clock_skew:type_name -> google.protobuf.Duration
+	47, // 66: meridian.v1.JWTProviderSpec.forward_claims:type_name -> meridian.v1.JWTProviderSpec.ForwardClaimsEntry
+	48, // 67: meridian.v1.JWTProviderSpec.jwks_refresh_interval:type_name -> google.protobuf.Duration
+	68, // [68:68] is the sub-list for method output_type
+	68, // [68:68] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_resources_proto_init() }
@@ -3311,7 +3415,7 @@ func file_meridian_v1_resources_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_resources_proto_rawDesc), len(file_meridian_v1_resources_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   41,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -182,16 +182,17 @@ EOF
 
 # start_meridian NAME CONFIG DATAPLANE [ENV=VALUE...]: a control plane
 # (embedded etcd, on CPU_LOAD) with CONFIG applied by gatewayctl, and the
-# DATAPLANE binary on CPU_PROXY with ENV added. Sets PORT[NAME]; does not
-# wait for the data plane to serve.
+# DATAPLANE binary on CPU_PROXY with ENV added. Sets PORT[NAME] and
+# PORT[NAME-admin] (its admin listener); does not wait for the data plane
+# to serve.
 start_meridian() {
-	local name=$1 config=$2 dataplane=$3 cp etcd peer metrics admin
+	local name=$1 config=$2 dataplane=$3 cp etcd peer metrics
 	shift 3
 	claim_port cp
 	claim_port etcd
 	claim_port peer
 	claim_port metrics
-	claim_port admin
+	claim_port "PORT[$name-admin]"
 	claim_port "PORT[$name]"
 	mkdir -p "$TMP/$name/data" "$TMP/$name/cache"
 	start "$name-cp" "$CPU_LOAD" "$ROOT/bin/controlplane" --listen "127.0.0.1:$cp" --data-dir "$TMP/$name/data" \
@@ -202,7 +203,7 @@ start_meridian() {
 		{ echo "$0: gatewayctl apply ($name) failed:" >&2; tail -n 20 "$TMP/$name-apply.log" >&2; exit 1; }
 	start "$name" "$CPU_PROXY" env "$@" "$dataplane" --listen "127.0.0.1:${PORT[$name]}" \
 		--controlplane "127.0.0.1:$cp" --node-id "bench-$name" --cache-dir "$TMP/$name/cache" \
-		--admin-listen "127.0.0.1:$admin" --log-level warn
+		--admin-listen "127.0.0.1:${PORT[$name-admin]}" --log-level warn
 }
 
 # cpu_ticks NAME: CPU time (user + system, in clock ticks) used so far by

@@ -4,9 +4,9 @@
 # httputil.ReverseProxy under the same wrk load as bench/proxies.sh, plus
 # the in-process handler benchmark.
 #
-# The data plane is built from the working tree with bench/pprof/
-# dataplane_pprof.go overlaid into its main package (go build -overlay), so
-# the profiled program is the shipped one plus a /debug/pprof listener.
+# The data plane is the shipped binary (make build, from the working tree)
+# run with --pprof (MERIDIAN_PPROF=true), which serves /debug/pprof/ on its
+# loopback admin listener.
 #
 # Environment: SECONDS_PROFILED (15), ROUTES (10000; 0 skips that profile), CONNECTIONS (50), NODES (20 rows per
 #   top listing), CPU_LOAD (0) / CPU_PROXY (1) as in bench/proxies.sh,
@@ -31,18 +31,17 @@ mkdir -p "$OUT"
 
 echo "== build (working tree $(git describe --always --dirty 2>/dev/null || echo unknown))"
 make -s build >"$TMP/build.log" 2>&1 || { cat "$TMP/build.log" >&2; exit 1; }
-printf '{"Replace":{"%s":"%s"}}\n' "$ROOT/dataplane/cmd/dataplane/zz_benchpprof.go" "$ROOT/bench/pprof/dataplane_pprof.go" >"$TMP/overlay.json"
-go build -tags benchpprof -overlay "$TMP/overlay.json" -o "$OUT/dataplane" ./dataplane/cmd/dataplane
+cp bin/dataplane "$OUT/dataplane" # kept with the profiles, for pprof's symbols
 go build -o "$OUT/bareproxy" ./e2e/cmd/bareproxy
 
 start_upstream
 meridian_config "$TMP/meridian.yaml"
-claim_port meridian_pprof
-start_meridian meridian "$TMP/meridian.yaml" "$OUT/dataplane" BENCH_PPROF_LISTEN="127.0.0.1:$meridian_pprof"
+start_meridian meridian "$TMP/meridian.yaml" "$OUT/dataplane" MERIDIAN_PPROF=true
+meridian_pprof=${PORT[meridian-admin]}
 if [ "$ROUTES" -gt 0 ]; then
 	meridian_config_routes "$TMP/meridian-10k.yaml" "$ROUTES"
-	claim_port meridian_10k_pprof
-	start_meridian meridian-10k "$TMP/meridian-10k.yaml" "$OUT/dataplane" BENCH_PPROF_LISTEN="127.0.0.1:$meridian_10k_pprof"
+	start_meridian meridian-10k "$TMP/meridian-10k.yaml" "$OUT/dataplane" MERIDIAN_PPROF=true
+	meridian_10k_pprof=${PORT[meridian-10k-admin]}
 	wait_http meridian-10k "http://127.0.0.1:${PORT[meridian-10k]}/svc-1/x" 502
 fi
 claim_port 'PORT[bareproxy]'

@@ -22,7 +22,10 @@
 #   ROUTES (10000 extra routes for the meridian-10k target), BUILD (1: run
 #   `make build` first; 0 uses bin/ as it is), KEEP (1 keeps the temp dir),
 #   RESULTS (a file to copy the per-round results to, tab-separated: round,
-#   target, req/s, p50 ms, p99 ms, errors, req/CPU-s).
+#   target, req/s, p50 ms, p99 ms, errors, req/CPU-s), TARGETS (the targets
+#   to measure, space-separated, from: direct nginx haproxy caddy bareproxy
+#   meridian meridian-10k; default all of them; ratios are printed for the
+#   pairs measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -34,22 +37,32 @@ ROUTES=${ROUTES:-10000}
 BUILD=${BUILD:-1}
 CPU_LOAD=${CPU_LOAD:-0}
 CPU_PROXY=${CPU_PROXY:-1}
+ALL_TARGETS="direct nginx haproxy caddy bareproxy meridian meridian-10k"
+read -r -a TARGETS <<<"${TARGETS:-$ALL_TARGETS}"
+for t in "${TARGETS[@]}"; do
+	case " $ALL_TARGETS " in *" $t "*) ;; *) echo "$0: TARGETS: unknown target $t (known: $ALL_TARGETS)" >&2; exit 2 ;; esac
+done
+# wanted TARGET: whether TARGET is measured in this run.
+wanted() { case " ${TARGETS[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-need nginx haproxy caddy wrk curl taskset ss go pgrep
+need nginx wrk curl taskset ss go pgrep
+if wanted haproxy; then need haproxy; fi
+if wanted caddy; then need caddy; fi
 CLK_TCK=$(getconf CLK_TCK)
 
 # ------------------------------------------------------------------ versions
 echo "== versions"
 nginx -v 2>&1
-haproxy -v | sed -n 1p
-echo "caddy $(caddy version)"
+if wanted haproxy; then haproxy -v | sed -n 1p; fi
+if wanted caddy; then echo "caddy $(caddy version)"; fi
 go version
 { wrk -v 2>&1 || true; } | sed -n 1p
 echo "kernel $(uname -r), $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "layout: wrk + upstream on CPU $CPU_LOAD, proxy under test on CPU $CPU_PROXY"
 echo "wrk -t1 -c$CONNECTIONS -d$DURATION --latency http://127.0.0.1:PORT$REQ_PATH, $ROUNDS rounds"
+echo "targets: ${TARGETS[*]}"
 
 # --------------------------------------------------------------------- build
 if [ "$BUILD" = 1 ]; then
@@ -62,6 +75,7 @@ echo "meridian $(git describe --always --dirty 2>/dev/null || echo unknown), bin
 # ------------------------------------------------------------------- targets
 start_upstream
 
+if wanted nginx; then
 claim_port 'PORT[nginx]'
 mkdir -p "$TMP/nginx"
 cat >"$TMP/nginx/nginx.conf" <<EOF
@@ -91,7 +105,9 @@ $(nginx_temp_paths "$TMP/nginx")
 }
 EOF
 start nginx "$CPU_PROXY" nginx -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx"
+fi
 
+if wanted haproxy; then
 claim_port 'PORT[haproxy]'
 cat >"$TMP/haproxy.cfg" <<EOF
 global
@@ -113,7 +129,9 @@ backend upstream
     server up1 127.0.0.1:${PORT[direct]} maxconn 1024
 EOF
 start haproxy "$CPU_PROXY" haproxy -db -f "$TMP/haproxy.cfg"
+fi
 
+if wanted caddy; then
 claim_port 'PORT[caddy]'
 mkdir -p "$TMP/caddy"
 # Caddy's idle-pool defaults are raised to Meridian's (1024 / 256 per host).
@@ -134,23 +152,31 @@ http://127.0.0.1:${PORT[caddy]} {
 EOF
 start caddy "$CPU_PROXY" env HOME="$TMP/caddy" XDG_DATA_HOME="$TMP/caddy" XDG_CONFIG_HOME="$TMP/caddy" \
 	caddy run --config "$TMP/caddy/Caddyfile" --adapter caddyfile
+fi
 
-claim_port 'PORT[bareproxy]'
-start bareproxy "$CPU_PROXY" "$TMP/bareproxy" --listen "127.0.0.1:${PORT[bareproxy]}" \
-	--upstream "http://127.0.0.1:${PORT[direct]}"
+if wanted bareproxy; then
+	claim_port 'PORT[bareproxy]'
+	start bareproxy "$CPU_PROXY" "$TMP/bareproxy" --listen "127.0.0.1:${PORT[bareproxy]}" \
+		--upstream "http://127.0.0.1:${PORT[direct]}"
+fi
 
-meridian_config "$TMP/meridian.yaml"
-meridian_config_routes "$TMP/meridian-10k.yaml" "$ROUTES"
-start_meridian meridian "$TMP/meridian.yaml" "$ROOT/bin/dataplane"
-start_meridian meridian-10k "$TMP/meridian-10k.yaml" "$ROOT/bin/dataplane"
+if wanted meridian; then
+	meridian_config "$TMP/meridian.yaml"
+	start_meridian meridian "$TMP/meridian.yaml" "$ROOT/bin/dataplane"
+fi
+if wanted meridian-10k; then
+	meridian_config_routes "$TMP/meridian-10k.yaml" "$ROUTES"
+	start_meridian meridian-10k "$TMP/meridian-10k.yaml" "$ROOT/bin/dataplane"
+fi
 
-TARGETS=(direct nginx haproxy caddy bareproxy meridian meridian-10k)
 for t in "${TARGETS[@]}"; do
 	wait_http "$t" "http://127.0.0.1:${PORT[$t]}$REQ_PATH"
 	check_body "$t"
 done
-# Proof the extra routes are live: a generated route answers from the decoy.
-wait_http meridian-10k "http://127.0.0.1:${PORT[meridian-10k]}/svc-1/x" 502
+if wanted meridian-10k; then
+	# Proof the extra routes are live: a generated route answers from the decoy.
+	wait_http meridian-10k "http://127.0.0.1:${PORT[meridian-10k]}/svc-1/x" 502
+fi
 
 # ------------------------------------------------------------------- measure
 # measure ROUND TARGET: one wrk run, one line appended to $TMP/results.tsv:
@@ -216,6 +242,7 @@ verdict() { awk -v r="$1" -v m="$2" 'BEGIN {print ((r >= m) ? "met" : "NOT met")
 # against MIN when given.
 report() {
 	local r1 r2
+	wanted "$2" && wanted "$3" || return 0
 	r1=$(ratio "${RPS[$2]}" "${RPS[$3]}")
 	r2=$(ratio "${PER_CPU[$2]}" "${PER_CPU[$3]}")
 	if [ -n "${4:-}" ]; then

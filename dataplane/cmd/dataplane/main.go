@@ -56,6 +56,7 @@ type options struct {
 	labels       map[string]string
 	cacheDir     string
 	adminListen  string
+	pprof        bool
 	redis        string
 	logLevel     slog.Level
 	version      bool
@@ -93,6 +94,7 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	labels := fs.String("labels", "", "node labels, k=v,k=v")
 	cacheDir := fs.String("cache-dir", "./dataplane-cache", "directory of the last-known-good snapshot")
 	adminListen := fs.String("admin-listen", "127.0.0.1:9901", "admin listen address (/healthz, /readyz, /config)")
+	pprofOn := fs.Bool("pprof", false, "serve Go runtime profiles (net/http/pprof) under /debug/pprof/ on the admin listener")
 	redis := fs.String("redis", "", "Redis address for global rate limits (accepted, not used yet)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -129,7 +131,7 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 
 	o := &options{
 		listen: *listen, tlsListen: *tlsListen, certFiles: certFiles, keyFiles: keyFiles,
-		nodeID: *nodeID, cacheDir: *cacheDir, adminListen: *adminListen, redis: *redis, version: *showVersion,
+		nodeID: *nodeID, cacheDir: *cacheDir, adminListen: *adminListen, pprof: *pprofOn, redis: *redis, version: *showVersion,
 		drainTimeout: *drainTimeout,
 		server: server.Config{
 			ReadHeaderTimeout: *readHeaderTimeout, ReadTimeout: *readTimeout, WriteTimeout: *writeTimeout,
@@ -319,7 +321,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	traffic := server.New(gw.Handler(proxy.HandlerConfig{TrustedProxies: o.trusted}), srvConfig)
 	var readiness server.Readiness
 	adminSrv := &http.Server{
-		Handler:           readiness.Wrap(admin.Handler(gw, client)),
+		Handler:           readiness.Wrap(admin.Handler(gw, client, admin.Options{Pprof: o.pprof})),
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          errorLog,
 	}

@@ -66,6 +66,21 @@ func TestParseFlags(t *testing.T) {
 					t.Errorf("node id = %q", o.nodeID)
 				}
 			}},
+		{name: "pprof off by default", check: func(t *testing.T, o *options) {
+			if o.pprof {
+				t.Error("pprof on by default")
+			}
+		}},
+		{name: "pprof flag", args: []string{"--pprof"}, check: func(t *testing.T, o *options) {
+			if !o.pprof {
+				t.Error("--pprof not applied")
+			}
+		}},
+		{name: "pprof from env", env: map[string]string{"MERIDIAN_PPROF": "true"}, check: func(t *testing.T, o *options) {
+			if !o.pprof {
+				t.Error("MERIDIAN_PPROF not applied")
+			}
+		}},
 		{name: "MERIDIAN_VERSION is not a flag", env: map[string]string{"MERIDIAN_VERSION": "1.0"}, check: func(t *testing.T, o *options) {
 			if o.version {
 				t.Error("version set from env")
@@ -221,6 +236,16 @@ func TestBootFromCache(t *testing.T) {
 	resp.Body.Close()
 	if st["version"] != 12.0 || st["source"] != "cache" || st["snapshotsReceived"] != 0.0 {
 		t.Errorf("/config = %v", st)
+	}
+
+	// Profiles are opt-in (--pprof).
+	resp, err = http.Get("http://" + addrs["admin"] + "/debug/pprof/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("/debug/pprof/ without --pprof = %d, want 404", resp.StatusCode)
 	}
 
 	cancel()

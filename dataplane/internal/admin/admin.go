@@ -1,10 +1,12 @@
 // Package admin serves the data plane's operator endpoints: liveness,
-// readiness and the applied configuration's identity.
+// readiness, the applied configuration's identity and, when enabled, the
+// Go runtime's profiles.
 package admin
 
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
@@ -33,9 +35,27 @@ type ConfigStatus struct {
 	SnapshotsReceived uint64 `json:"snapshotsReceived"`
 }
 
-// Handler returns the admin mux: /healthz, /readyz and /config.
-func Handler(cfg ConfigSource, stats SyncStats) http.Handler {
+// Options are the admin endpoints that are off by default.
+type Options struct {
+	// Pprof mounts net/http/pprof under /debug/pprof/. Profiles expose
+	// internals and cost CPU while taken, so this is opt-in, and the
+	// admin listener is loopback unless the operator says otherwise.
+	Pprof bool
+}
+
+// Handler returns the admin mux: /healthz, /readyz and /config, and
+// /debug/pprof/ when o.Pprof is set.
+func Handler(cfg ConfigSource, stats SyncStats, o Options) http.Handler {
 	mux := http.NewServeMux()
+	if o.Pprof {
+		// pprof.Index also serves the named profiles (heap, goroutine,
+		// allocs, ...) under /debug/pprof/<name>.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

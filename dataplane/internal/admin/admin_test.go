@@ -21,7 +21,7 @@ func (c counter) Received() uint64 { return uint64(c) }
 func TestAdmin(t *testing.T) {
 	g := gateway.New(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	defer g.Close()
-	h := Handler(g, counter(2))
+	h := Handler(g, counter(2), Options{})
 
 	do := func(path string) (int, string) {
 		rec := httptest.NewRecorder()
@@ -62,5 +62,31 @@ func TestAdmin(t *testing.T) {
 	}
 	if st.Version != 9 || st.Hash != snap.GetHash() || st.Source != "cache" || st.AppliedAt == nil || st.SnapshotsReceived != 2 {
 		t.Errorf("/config = %s", body)
+	}
+}
+
+func TestPprof(t *testing.T) {
+	g := gateway.New(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	defer g.Close()
+	tests := []struct {
+		name string
+		opts Options
+		path string
+		want int
+	}{
+		{name: "index when enabled", opts: Options{Pprof: true}, path: "/debug/pprof/", want: http.StatusOK},
+		{name: "named profile when enabled", opts: Options{Pprof: true}, path: "/debug/pprof/goroutine?debug=1", want: http.StatusOK},
+		{name: "cmdline when enabled", opts: Options{Pprof: true}, path: "/debug/pprof/cmdline", want: http.StatusOK},
+		{name: "index when disabled", path: "/debug/pprof/", want: http.StatusNotFound},
+		{name: "profile when disabled", path: "/debug/pprof/profile", want: http.StatusNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			Handler(g, counter(0), tt.opts).ServeHTTP(rec, httptest.NewRequest("GET", tt.path, nil))
+			if rec.Code != tt.want {
+				t.Errorf("GET %s = %d, want %d", tt.path, rec.Code, tt.want)
+			}
+		})
 	}
 }

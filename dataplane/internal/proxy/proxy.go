@@ -80,21 +80,24 @@ const (
 // request finishes on that configuration even if a new one is swapped in.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The id goes on every answer, errors included, so a client can quote
-	// it; the route passes the same id to the upstream.
-	ids := r.Header[headerRequestID]
-	if len(ids) == 0 || ids[0] == "" {
-		ids = []string{newRequestID()}
-		r.Header[headerRequestID] = ids
+	// it; the route passes the same id to the upstream. A generated id is
+	// handed to the route as a string: it places it on both requests
+	// without allocating a header slice of its own.
+	var newID string
+	if ids := r.Header[headerRequestID]; len(ids) > 0 && ids[0] != "" {
+		w.Header()[headerRequestID] = ids[:1:1]
+	} else {
+		delete(r.Header, headerRequestID) // an empty one is replaced
+		newID = newRequestID()
 	}
-	w.Header()[headerRequestID] = ids[:1:1]
 
 	routes := h.current()
 	if routes == nil {
-		writeJSON(w, http.StatusServiceUnavailable, bodyNoConfig)
+		writeError(w, newID, http.StatusServiceUnavailable, bodyNoConfig)
 		return
 	}
 	if !normalizePath(r) {
-		writeJSON(w, http.StatusBadRequest, bodyBadPath)
+		writeError(w, newID, http.StatusBadRequest, bodyBadPath)
 		return
 	}
 	h.checkForwarded(r)
@@ -102,13 +105,31 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if next == nil {
 		if allow := routes.Allow(r); allow != "" {
 			w.Header()[headerAllow] = []string{allow}
-			writeJSON(w, http.StatusMethodNotAllowed, bodyMethodNotAllowed)
+			writeError(w, newID, http.StatusMethodNotAllowed, bodyMethodNotAllowed)
 			return
 		}
-		writeJSON(w, http.StatusNotFound, bodyNoRoute)
+		writeError(w, newID, http.StatusNotFound, bodyNoRoute)
 		return
 	}
+	if rt, ok := next.(*Route); ok {
+		rt.serve(w, r, newID)
+		return
+	}
+	if newID != "" {
+		ids := []string{newID}
+		r.Header[headerRequestID] = ids
+		w.Header()[headerRequestID] = ids
+	}
 	next.ServeHTTP(w, r)
+}
+
+// writeError is writeJSON for Handler's own answers, which carry the
+// generated request id, if any.
+func writeError(w http.ResponseWriter, newID string, status int, body []byte) {
+	if newID != "" {
+		w.Header()[headerRequestID] = []string{newID}
+	}
+	writeJSON(w, status, body)
 }
 
 // checkForwarded drops the client's forwarding headers unless the peer is

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -35,6 +36,9 @@ type RouteConfig struct {
 // Route forwards the requests of one route to its upstream. It is
 // immutable; a new configuration builds new Routes.
 //
+// Ordinary exchanges with an HTTP/1.1 or HTTPS upstream take the lean path
+// (forward.go); the others go through httputil.ReverseProxy.
+//
 // The route timeout bounds a whole exchange (until the response body is
 // sent) of ordinary requests. It is not applied to requests that open a
 // long-lived stream: protocol upgrades (WebSocket), gRPC calls (they carry
@@ -52,6 +56,8 @@ type Route struct {
 	request     headerOps
 	response    headerOps
 	rp          *httputil.ReverseProxy
+	buffers     *BufferPool
+	lean        bool // the upstream is not h2c, so the lean path may serve
 	log         *slog.Logger
 }
 
@@ -68,7 +74,13 @@ func NewRoute(c RouteConfig) (*Route, error) {
 		host:        rw.GetHost(),
 		request:     compileHeaderOps(spec.GetHeaders().GetRequest()),
 		response:    compileHeaderOps(spec.GetHeaders().GetResponse()),
+		buffers:     c.Buffers,
 		log:         c.Log,
+	}
+	// An h2c upstream keeps ReverseProxy: its transport speaks HTTP/2
+	// without TLS, which the lean path is not meant for.
+	if p := c.Pool.Transport().Protocols; p == nil || !p.UnencryptedHTTP2() {
+		rt.lean = true
 	}
 	if n := spec.GetMaxBodyBytes(); n > 0 {
 		rt.maxBody = int64(min(n, 1<<62))
@@ -102,24 +114,43 @@ func (rt *Route) Name() string { return rt.name }
 func (rt *Route) Upstream() *upstream.Pool { return rt.pool }
 
 // ServeHTTP forwards r to a target of the route's upstream and reports the
-// attempt's outcome to the pool, which drives passive health checks.
+// attempt's outcome to the pool, which drives passive health checks. The
+// request's X-Request-Id, if any, is passed on as it is.
 func (rt *Route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rt.serve(w, r, "")
+}
+
+// serve is ServeHTTP for Handler, which passes the request id it generated
+// (newID) so that the id reaches the upstream and the client without
+// being stored on r first; "" when the client sent one. Handler has put a
+// client's id on the response already.
+func (rt *Route) serve(w http.ResponseWriter, r *http.Request, newID string) {
+	lean := rt.lean && leanRequest(r)
+	if newID != "" && !lean {
+		ids := []string{newID}
+		r.Header[headerRequestID] = ids
+		w.Header()[headerRequestID] = ids
+	}
 	if rt.maxBody > 0 && r.ContentLength > rt.maxBody {
-		writeJSON(w, http.StatusRequestEntityTooLarge, bodyTooLarge)
+		rt.writeEarly(w, newID, lean, http.StatusRequestEntityTooLarge, bodyTooLarge)
 		return
 	}
 	t, err := rt.pool.Pick(r)
 	if err != nil {
 		// upstream.ErrNoHealthyTarget, its only error: every target is
 		// down or ejected (or there is none), so answer now, not queue.
-		writeJSON(w, http.StatusServiceUnavailable, bodyNoHealthy)
+		rt.writeEarly(w, newID, lean, http.StatusServiceUnavailable, bodyNoHealthy)
 		return
 	}
 	if rt.maxBody > 0 && r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
 		// A body of unknown length (chunked, HTTP/2 without
 		// content-length) is cut where it passes the limit; the transport
-		// returns the *http.MaxBytesError to proxyError.
+		// returns the *http.MaxBytesError to upstreamError.
 		r.Body = http.MaxBytesReader(w, r.Body, rt.maxBody)
+	}
+	if lean {
+		rt.forward(w, r, t, newID)
+		return
 	}
 	// The target travels to rewrite on the request: ReverseProxy clones r
 	// and the clone keeps the URL's scheme and host.
@@ -128,6 +159,7 @@ func (rt *Route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	x := exchanges.Get().(*exchange)
 	x.ResponseWriter = w
+	x.ids = w.Header()[headerRequestID]
 	x.start = time.Now()
 	defer rt.finish(x, t)
 	if rt.timeout > 0 && !longLived(r) {
@@ -136,6 +168,15 @@ func (rt *Route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(ctx)
 	}
 	rt.rp.ServeHTTP(x, r)
+}
+
+// writeEarly answers before any upstream was tried. On the lean path the
+// generated request id is not on the response yet.
+func (rt *Route) writeEarly(w http.ResponseWriter, newID string, lean bool, status int, body []byte) {
+	if lean && newID != "" {
+		w.Header()[headerRequestID] = []string{newID}
+	}
+	writeJSON(w, status, body)
 }
 
 // finish reports the attempt to the pool. It also runs when ReverseProxy
@@ -174,6 +215,7 @@ func longLived(r *http.Request) bool {
 // working through it.
 type exchange struct {
 	http.ResponseWriter
+	ids     []string // the response's X-Request-Id
 	start   time.Time
 	latency time.Duration
 	status  int
@@ -187,6 +229,10 @@ func (x *exchange) WriteHeader(code int) {
 	if x.status == 0 && code >= 200 {
 		x.status = code
 		x.latency = time.Since(x.start)
+		if h := x.Header(); x.ids != nil && h[headerRequestID] == nil {
+			// ReverseProxy clears the header map after relaying a 1xx.
+			h[headerRequestID] = x.ids
+		}
 	}
 	x.ResponseWriter.WriteHeader(code)
 }
@@ -206,7 +252,7 @@ func (x *exchange) Unwrap() http.ResponseWriter { return x.ResponseWriter }
 func (rt *Route) rewrite(pr *httputil.ProxyRequest) {
 	in, out := pr.In, pr.Out
 	// out.URL's scheme and host were set on the inbound request by ServeHTTP.
-	rt.rewritePath(pr)
+	rt.rewritePath(out.URL, in)
 	// The client's Host is kept (as Envoy and Traefik do) unless rewritten.
 	if rt.host != "" {
 		out.Host = rt.host
@@ -249,10 +295,10 @@ var (
 	protoHTTPS = []string{"https"}[:1:1]
 )
 
-func (rt *Route) rewritePath(pr *httputil.ProxyRequest) {
-	u := pr.Out.URL
+// rewritePath applies the route's path rewrite to u, the outgoing URL.
+func (rt *Route) rewritePath(u *url.URL, in *http.Request) {
 	if rt.path != nil {
-		u.Path = expandPath(rt.path, pr.In)
+		u.Path = expandPath(rt.path, in)
 		u.RawPath = ""
 		return
 	}
@@ -293,10 +339,27 @@ func (rt *Route) modifyResponse(resp *http.Response) error {
 	return nil
 }
 
-// proxyError answers when no upstream response could be relayed. The
-// status says whose fault it was: 413 the client's body, 502 a connect
-// failure or reset, 504 a timeout.
+// proxyError is ReverseProxy's error handler: it answers and records the
+// attempt's outcome on the exchange.
 func (rt *Route) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	x, ok := w.(*exchange)
+	var ids []string
+	if ok {
+		ids = x.ids
+	}
+	o := rt.upstreamError(w, r, err, ids)
+	if ok {
+		x.latency = time.Since(x.start)
+		x.status, x.err = o.Status, o.Err
+	}
+}
+
+// upstreamError answers when no upstream response could be relayed, with
+// ids as the response's X-Request-Id when set, and returns what the
+// attempt tells about the target (Latency left to the caller). The status
+// says whose fault it was: 413 the client's body, 502 a connect failure or
+// reset, 504 a timeout.
+func (rt *Route) upstreamError(w http.ResponseWriter, r *http.Request, err error, ids []string) upstream.Outcome {
 	status, body := http.StatusBadGateway, bodyBadGateway
 	var tooLarge *http.MaxBytesError
 	var opErr *net.OpError
@@ -310,16 +373,14 @@ func (rt *Route) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
 		status, body = http.StatusGatewayTimeout, bodyGatewayTime
 	}
-	if x, ok := w.(*exchange); ok {
-		x.latency = time.Since(x.start)
-		switch {
-		case status == http.StatusRequestEntityTooLarge:
-			x.status = status // the client's fault, not the upstream's
-		case clientGone:
-			x.err = context.Canceled
-		default:
-			x.err = err
-		}
+	var o upstream.Outcome
+	switch {
+	case status == http.StatusRequestEntityTooLarge:
+		o.Status = status // the client's fault, not the upstream's
+	case clientGone:
+		o.Err = context.Canceled
+	default:
+		o.Err = err
 	}
 	level := slog.LevelWarn
 	if clientGone || status == http.StatusRequestEntityTooLarge {
@@ -328,7 +389,11 @@ func (rt *Route) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	rt.log.LogAttrs(r.Context(), level, "upstream error",
 		slog.String("route", rt.name), slog.String("upstream", rt.pool.Name()),
 		slog.Int("status", status), slog.String("error", err.Error()))
+	if ids != nil {
+		w.Header()[headerRequestID] = ids
+	}
 	writeJSON(w, status, body)
+	return o
 }
 
 // headerOps are applied in the order remove, set, add.
@@ -362,6 +427,10 @@ func sortedValues(m map[string]string) []headerValue {
 	return out
 }
 
+func (h *headerOps) empty() bool {
+	return len(h.remove) == 0 && len(h.set) == 0 && len(h.add) == 0
+}
+
 func (h *headerOps) apply(hdr http.Header) {
 	for _, k := range h.remove {
 		delete(hdr, k)
@@ -370,7 +439,9 @@ func (h *headerOps) apply(hdr http.Header) {
 		hdr[kv.key] = kv.values
 	}
 	for _, kv := range h.add {
-		hdr[kv.key] = append(hdr[kv.key], kv.values[0])
+		// Clipped: the existing values may be shared with another header
+		// map (the lean path shares the client's), so append copies.
+		hdr[kv.key] = append(slices.Clip(hdr[kv.key]), kv.values[0])
 	}
 }
 

@@ -3,6 +3,8 @@ module github.com/meridian-gw/meridian/dataplane
 go 1.26.0
 
 require (
+	github.com/go-jose/go-jose/v4 v4.1.9
+	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/meridian-gw/meridian/proto v0.0.0
 	go.uber.org/goleak v1.3.0
 	golang.org/x/net v0.60.0

@@ -3,6 +3,7 @@ module github.com/meridian-gw/meridian/e2e
 go 1.26.0
 
 require (
+	github.com/go-jose/go-jose/v4 v4.1.4
 	github.com/meridian-gw/meridian/proto v0.0.0
 	golang.org/x/net v0.60.0
 	google.golang.org/grpc v1.85.0

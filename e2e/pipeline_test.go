@@ -69,7 +69,7 @@ func TestConfigPipeline(t *testing.T) {
 	echo1, echo2 := startEcho(t, "echo-1"), startEcho(t, "echo-2")
 	cp := startControlplane(t, "cp", t.TempDir(), "")
 	// Only dp-1 has the JWT secret, so only dp-2 will reject the JWT config.
-	dp1 := startDataplane(t, "dp-1", t.TempDir(), []string{"E2E_JWT_SECRET=s3cret-value"}, cp.addr)
+	dp1 := startDataplane(t, "dp-1", t.TempDir(), []string{"E2E_JWT_SECRET=s3cret-value-long-enough-for-hs256-keys"}, cp.addr)
 	dp2 := startDataplane(t, "dp-2", t.TempDir(), nil, cp.addr)
 
 	// 1. Apply; both data planes serve it and report SYNCED.
@@ -141,7 +141,7 @@ func TestConfigPipeline(t *testing.T) {
 	if !strings.Contains(table, "NACKED") || !strings.Contains(table, `JWTProvider "sso": spec.keys[0].secretEnv`) || !strings.Contains(table, "E2E_JWT_SECRET") {
 		t.Errorf("dataplanes table does not show the NACK reason:\n%s", table)
 	}
-	if strings.Contains(table, "s3cret-value") || strings.Contains(cp.out.String(), "s3cret-value") {
+	if strings.Contains(table, "s3cret-value-long-enough-for-hs256-keys") || strings.Contains(cp.out.String(), "s3cret-value-long-enough-for-hs256-keys") {
 		t.Error("the secret value leaked into output")
 	}
 	if code, _, _ := dp1.get("/extra"); code != 200 {

@@ -13,10 +13,12 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/middleware/jwt"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
 	"github.com/meridian-gw/meridian/dataplane/internal/router"
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
@@ -43,8 +45,12 @@ type Config struct {
 	hash      string
 	source    Source
 	appliedAt time.Time
-	table     *router.Table[*proxy.Route]
+	table     *router.Table[http.Handler]
 	pools     map[string]*upstream.Pool
+	// providers are the JWTProviders by name; like pools, a provider whose
+	// spec did not change is carried over, keys, JWKS and token cache and
+	// all.
+	providers map[string]*jwt.Provider
 }
 
 // Version returns the snapshot version.
@@ -136,7 +142,7 @@ func (g *Gateway) Apply(ctx context.Context, snap *meridianv1.Snapshot, src Sour
 	if prev != nil && prev.version == snap.GetVersion() && prev.hash == snap.GetHash() && snap.GetHash() != "" {
 		return nil
 	}
-	next, err := g.compile(snap, prev)
+	next, err := g.compile(ctx, snap, prev)
 	if err != nil {
 		return err
 	}
@@ -145,6 +151,7 @@ func (g *Gateway) Apply(ctx context.Context, snap *meridianv1.Snapshot, src Sour
 	g.current.Store(next)
 	if prev != nil {
 		upstream.CloseUnused(prev.pools, next.pools)
+		closeUnusedProviders(prev.providers, next.providers)
 	}
 	g.log.LogAttrs(ctx, slog.LevelInfo, "configuration applied",
 		slog.Uint64("version", next.version), slog.String("hash", next.hash),
@@ -157,13 +164,52 @@ func (g *Gateway) Apply(ctx context.Context, snap *meridianv1.Snapshot, src Sour
 func (g *Gateway) Close() {
 	if c := g.current.Load(); c != nil {
 		upstream.CloseUnused(c.pools, nil)
+		closeUnusedProviders(c.providers, nil)
 	}
+}
+
+// closeUnusedProviders closes the providers of old that current does not
+// carry over. Requests still running on old keep verifying with the keys
+// their provider holds; only its JWKS refresher stops.
+func closeUnusedProviders(old, current map[string]*jwt.Provider) {
+	for name, p := range old {
+		if current[name] != p {
+			p.Close()
+		}
+	}
+}
+
+// chain wraps a route's proxy handler in its middleware, outermost first:
+// authentication, then the request context the load balancer reads.
+func (g *Gateway) chain(route string, spec *meridianv1.RouteSpec, h http.Handler, providers map[string]*jwt.Provider) (http.Handler, error) {
+	auth := spec.GetAuth()
+	if auth.GetJwt() == "" {
+		return h, nil
+	}
+	p := providers[auth.GetJwt()]
+	if p == nil {
+		// Validate checks references; a provider that failed to build
+		// is reported on its own resource.
+		return nil, &config.FieldError{Kind: config.KindRoute, Name: route, Path: "spec.auth.jwt", Msg: fmt.Sprintf("JWTProvider %q is not available", auth.GetJwt())}
+	}
+	return jwt.New(p, auth, claimsForBalancer(h))
+}
+
+// claimsForBalancer hands the verified claims to the upstream package, so
+// consistent hashing on claim:<name> can read them.
+func claimsForBalancer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, ok := jwt.ClaimsFrom(r.Context()); ok {
+			r = r.WithContext(upstream.WithClaims(r.Context(), c))
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // compile builds a Config from snap, reusing prev's upstream pools and
 // transports where their specs did not change. It has no side effects on
 // prev; when it fails, the pools it started are closed again.
-func (g *Gateway) compile(snap *meridianv1.Snapshot, prev *Config) (_ *Config, err error) {
+func (g *Gateway) compile(ctx context.Context, snap *meridianv1.Snapshot, prev *Config) (_ *Config, err error) {
 	rs := snap.GetResources()
 	if h := snap.GetHash(); h != "" && h != config.Hash(rs) {
 		return nil, fmt.Errorf("version %d: %w", snap.GetVersion(), ErrHashMismatch)
@@ -175,20 +221,39 @@ func (g *Gateway) compile(snap *meridianv1.Snapshot, prev *Config) (_ *Config, e
 		return nil, err
 	}
 
-	c := &Config{version: snap.GetVersion(), hash: snap.GetHash(), pools: map[string]*upstream.Pool{}}
+	c := &Config{version: snap.GetVersion(), hash: snap.GetHash(), pools: map[string]*upstream.Pool{}, providers: map[string]*jwt.Provider{}}
 	var live map[string]*upstream.Pool
+	var liveProviders map[string]*jwt.Provider
 	if prev != nil {
-		live = prev.pools
+		live, liveProviders = prev.pools, prev.providers
 	}
 	defer func() {
 		if err != nil {
-			// New pools may run health checkers; reused ones stay live.
-			// Validate rejects what upstream.New would today, so this
-			// guards future checks rather than a known path.
+			// New pools run health checkers and new providers refresh
+			// their JWKS; reused ones stay live.
 			upstream.CloseUnused(c.pools, live)
+			closeUnusedProviders(c.providers, liveProviders)
 		}
 	}()
 	var errs config.ErrorList
+	for _, r := range rs {
+		jp := r.GetJwtProvider()
+		if jp == nil {
+			continue
+		}
+		name := jp.GetMetadata().GetName()
+		if old := liveProviders[name]; old != nil && old.Matches(name, jp.GetSpec()) {
+			c.providers[name] = old
+			continue
+		}
+		p, err := jwt.NewProvider(ctx, name, jp.GetSpec(), jwt.Options{Logger: g.log})
+		if err != nil {
+			errs = append(errs, &config.FieldError{Kind: config.KindJWTProvider, Name: name, Path: "spec",
+				Msg: strings.TrimPrefix(err.Error(), fmt.Sprintf("JWTProvider %q: ", name))})
+			continue
+		}
+		c.providers[name] = p
+	}
 	for _, r := range rs {
 		u := r.GetUpstream()
 		if u == nil {
@@ -203,7 +268,7 @@ func (g *Gateway) compile(snap *meridianv1.Snapshot, prev *Config) (_ *Config, e
 		c.pools[name] = p
 	}
 
-	var entries []router.Entry[*proxy.Route]
+	var entries []router.Entry[http.Handler]
 	for _, r := range rs {
 		rt := r.GetRoute()
 		if rt == nil {
@@ -224,8 +289,13 @@ func (g *Gateway) compile(snap *meridianv1.Snapshot, prev *Config) (_ *Config, e
 			errs = appendErr(errs, err)
 			continue
 		}
-		entries = append(entries, router.Entry[*proxy.Route]{
-			Name: name, Priority: rt.GetSpec().GetPriority(), Match: rt.GetSpec().GetMatch(), Value: h,
+		chain, err := g.chain(name, rt.GetSpec(), h, c.providers)
+		if err != nil {
+			errs = appendErr(errs, err)
+			continue
+		}
+		entries = append(entries, router.Entry[http.Handler]{
+			Name: name, Priority: rt.GetSpec().GetPriority(), Match: rt.GetSpec().GetMatch(), Value: chain,
 		})
 	}
 	if err := errs.Err(); err != nil {

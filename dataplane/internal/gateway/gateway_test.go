@@ -164,7 +164,7 @@ func TestMissingSecretEnv(t *testing.T) {
 func TestSecretFile(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "secret")
-	if err := os.WriteFile(good, []byte("top-secret"), 0o600); err != nil {
+	if err := os.WriteFile(good, []byte("top-secret-top-secret-top-secret-32"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	empty := filepath.Join(dir, "empty")

@@ -1,6 +1,9 @@
 package config
 
 import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -708,8 +711,10 @@ func (v *validator) jwtProvider(s *meridianv1.JWTProviderSpec) {
 			block, _ := pem.Decode([]byte(pemText))
 			if block == nil {
 				v.errf(p+".publicKeyPEM", "no PEM block found")
-			} else if _, err := x509.ParsePKIXPublicKey(block.Bytes); err != nil {
+			} else if pub, err := x509.ParsePKIXPublicKey(block.Bytes); err != nil {
 				v.errf(p+".publicKeyPEM", "not a PKIX public key (a \"BEGIN PUBLIC KEY\" block)")
+			} else if msg := publicKeyProblem(pub); msg != "" {
+				v.errf(p+".publicKeyPEM", "%s", msg)
 			}
 		}
 		if env := k.GetSecretEnv(); env != "" && !envNamePattern.MatchString(env) {
@@ -733,6 +738,27 @@ func (v *validator) jwtProvider(s *meridianv1.JWTProviderSpec) {
 			v.errf("spec.forwardClaims["+claim+"]", "%q is not a header name", s.GetForwardClaims()[claim])
 		}
 	}
+}
+
+// publicKeyProblem applies the data plane's key rules early, so a key every
+// data plane would refuse is refused at apply time instead of as a NACK.
+func publicKeyProblem(pub any) string {
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		if n := k.N.BitLen(); n < 2048 || n > 8192 {
+			return fmt.Sprintf("RSA keys must be 2048 to 8192 bits, this one has %d", n)
+		}
+	case *ecdsa.PublicKey:
+		switch k.Curve.Params().Name {
+		case "P-256", "P-384", "P-521":
+		default:
+			return fmt.Sprintf("EC curve %s is not supported (P-256, P-384, P-521)", k.Curve.Params().Name)
+		}
+	case ed25519.PublicKey:
+	default:
+		return fmt.Sprintf("unsupported key type %T (RSA, EC or Ed25519)", pub)
+	}
+	return ""
 }
 
 func sortedKeys(m map[string]string) []string {

@@ -22,6 +22,16 @@ metadata: {name: users}
 spec: {targets: [{address: 127.0.0.1:9001}]}
 `
 
+// rsa1024 is a public key too weak for the data plane, indented for a
+// YAML block scalar.
+const rsa1024 = `        -----BEGIN PUBLIC KEY-----
+        MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQC0x7DUcIcZGuK3sYZub+vqNKyH
+        3mJlVsgPrUufkcTtbeCoJ11ncQpqeFpeD713enjiVg3TBl9ka7HIPP5gwB2yQF9d
+        xZUaJIlvnuDeZjf3jhmWSW8TRewYsg1DD1UgFrAVOvWoo3jtP9pMOD0Ah4Sfj+9y
+        EQb/Om5fc7KWubruSQIDAQAB
+        -----END PUBLIC KEY-----
+`
+
 func route(name, spec string) string {
 	return "---\napiVersion: meridian/v1\nkind: Route\nmetadata: {name: " + name + "}\nspec:\n" + spec
 }
@@ -59,6 +69,8 @@ func TestValidateErrors(t *testing.T) {
 				`v.yaml:5: JWTProvider "j": spec.algorithms[1]: "none" is never accepted`,
 				`v.yaml:6: JWTProvider "j": spec.keys[0].secretEnv: "1BAD" is not an environment variable name`,
 			}},
+		{"weak RSA key", "apiVersion: meridian/v1\nkind: JWTProvider\nmetadata: {name: j}\nspec:\n  algorithms: [RS256]\n  keys:\n    - kid: a\n      publicKeyPEM: |\n" + rsa1024,
+			[]string{`v.yaml:8: JWTProvider "j": spec.keys[0].publicKeyPEM: RSA keys must be 2048 to 8192 bits, this one has 1024`}},
 		{"rate limit", "apiVersion: meridian/v1\nkind: RateLimit\nmetadata: {name: rl}\nspec: {period: 0s, key: [ip]}\n",
 			[]string{
 				`v.yaml:4: RateLimit "rl": spec.limit: required, at least 1`,

@@ -72,7 +72,7 @@ func validStatus(st *meridianv1.DataplaneStatus) (string, error) {
 // now serves the data plane st.Node.Id, taking over from any earlier
 // stream of the same node.
 func (s *Store) ConnectDataplane(ctx context.Context, stream string, st *meridianv1.DataplaneStatus) error {
-	id, err := validStatus(st)
+	id, value, err := s.record(st, true)
 	if err != nil {
 		return err
 	}
@@ -80,14 +80,9 @@ func (s *Store) ConnectDataplane(ctx context.Context, stream string, st *meridia
 	if err != nil {
 		return err
 	}
-	st = s.stamp(st, true)
-	b, err := proto.Marshal(st)
-	if err != nil {
-		return fmt.Errorf("encode status: %w", err)
-	}
 	_, err = s.client.Txn(ctx).Then(
 		clientv3.OpPut(s.liveKey(id), s.liveValue(stream), clientv3.WithLease(lease)),
-		clientv3.OpPut(s.dataplaneKey(id), string(b)),
+		clientv3.OpPut(s.dataplaneKey(id), value),
 	).Commit()
 	if err != nil {
 		return etcdError(err)
@@ -99,7 +94,7 @@ func (s *Store) ConnectDataplane(ctx context.Context, stream string, st *meridia
 // NACK or a last-seen refresh). It writes only while stream still owns the
 // node, and restores the liveness key if it was lost with an expired lease.
 func (s *Store) UpdateDataplane(ctx context.Context, stream string, st *meridianv1.DataplaneStatus) error {
-	id, err := validStatus(st)
+	id, value, err := s.record(st, true)
 	if err != nil {
 		return err
 	}
@@ -107,15 +102,10 @@ func (s *Store) UpdateDataplane(ctx context.Context, stream string, st *meridian
 	if err != nil {
 		return err
 	}
-	st = s.stamp(st, true)
-	b, err := proto.Marshal(st)
-	if err != nil {
-		return fmt.Errorf("encode status: %w", err)
-	}
 	live := s.liveKey(id)
 	writes := []clientv3.Op{
 		clientv3.OpPut(live, s.liveValue(stream), clientv3.WithLease(lease)),
-		clientv3.OpPut(s.dataplaneKey(id), string(b)),
+		clientv3.OpPut(s.dataplaneKey(id), value),
 	}
 	_, err = s.client.Txn(ctx).
 		If(clientv3.Compare(clientv3.Value(live), "=", s.liveValue(stream))).
@@ -131,19 +121,14 @@ func (s *Store) UpdateDataplane(ctx context.Context, stream string, st *meridian
 // DisconnectDataplane records that stream ended: the node shows as
 // disconnected unless another stream has taken it over.
 func (s *Store) DisconnectDataplane(ctx context.Context, stream string, st *meridianv1.DataplaneStatus) error {
-	id, err := validStatus(st)
+	id, value, err := s.record(st, false)
 	if err != nil {
 		return err
-	}
-	st = s.stamp(st, false)
-	b, err := proto.Marshal(st)
-	if err != nil {
-		return fmt.Errorf("encode status: %w", err)
 	}
 	live := s.liveKey(id)
 	_, err = s.client.Txn(ctx).
 		If(clientv3.Compare(clientv3.Value(live), "=", s.liveValue(stream))).
-		Then(clientv3.OpDelete(live), clientv3.OpPut(s.dataplaneKey(id), string(b))).
+		Then(clientv3.OpDelete(live), clientv3.OpPut(s.dataplaneKey(id), value)).
 		Commit()
 	if err != nil {
 		return etcdError(err)
@@ -151,14 +136,23 @@ func (s *Store) DisconnectDataplane(ctx context.Context, stream string, st *meri
 	return nil
 }
 
-// stamp returns a copy of st as stored: the serving replica and the
-// connection flag set, state left for ListDataplanes to derive.
-func (s *Store) stamp(st *meridianv1.DataplaneStatus, connected bool) *meridianv1.DataplaneStatus {
+// record validates st and returns its node id and its stored form: a copy
+// with the serving replica and the connection flag set, and the state left
+// for ListDataplanes to derive.
+func (s *Store) record(st *meridianv1.DataplaneStatus, connected bool) (id, value string, err error) {
+	id, err = validStatus(st)
+	if err != nil {
+		return "", "", err
+	}
 	st = proto.CloneOf(st)
 	st.Controlplane = s.replicaID
 	st.Connected = connected
 	st.State = meridianv1.DataplaneState_DATAPLANE_STATE_UNSPECIFIED
-	return st
+	b, err := proto.Marshal(st)
+	if err != nil {
+		return "", "", fmt.Errorf("encode status: %w", err)
+	}
+	return id, string(b), nil
 }
 
 // ListDataplanes returns every data plane the fleet has seen, sorted by

@@ -9,6 +9,9 @@ TMP=$(mktemp -d /tmp/meridian-bench-XXXXXX)
 PIDS=()
 declare -A PID_OF
 declare -A PORT
+# AUTH[NAME]: the Authorization header value every request to target NAME
+# carries (unset: none).
+declare -A AUTH
 # The path wrk requests from every target. It shares /api/v1/ with the
 # generated routes so the 10k-route lookup walks the crowded part of the table.
 REQ_PATH=/api/v1/resource
@@ -85,11 +88,14 @@ wait_http() {
 	exit 1
 }
 
-# check_body NAME: fails unless target NAME answers REQ_PATH with 1 KiB.
+# check_body NAME: fails unless target NAME answers REQ_PATH (with the
+# AUTH[NAME] header when set) with 200 and 1 KiB.
 check_body() {
-	local size
-	size=$(curl -s "http://127.0.0.1:${PORT[$1]}$REQ_PATH" | wc -c)
-	[ "$size" = 1024 ] || { echo "$0: $1: body is $size bytes, want 1024" >&2; exit 1; }
+	local got
+	local -a hdr=()
+	if [ -n "${AUTH[$1]:-}" ]; then hdr=(-H "Authorization: ${AUTH[$1]}"); fi
+	got=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' "${hdr[@]}" "http://127.0.0.1:${PORT[$1]}$REQ_PATH" || true)
+	[ "$got" = "200 1024" ] || { echo "$0: $1: answered \"$got\" (status, bytes), want \"200 1024\"" >&2; exit 1; }
 }
 
 # nginx_paths DIR: the nginx.conf lines that keep every file nginx writes in DIR.
@@ -177,6 +183,31 @@ EOF
 				printf "---\napiVersion: meridian/v1\nkind: Route\nmetadata: {name: r%05d}\nspec:\n  match:\n    paths: [%s]\n  upstream: decoy\n", i, p
 			}
 		}'
+	} >>"$1"
+}
+
+# meridian_config_jwt FILE PUBLIC_KEY_PEM_FILE: the one-route config of
+# meridian_config with the route behind `auth: {jwt: bench}`, a
+# JWTProvider that accepts RS256 tokens from issuer bench with audience
+# bench, signed by the key in PUBLIC_KEY_PEM_FILE (inline, kid bench-1).
+meridian_config_jwt() {
+	meridian_config "$1"
+	{
+		cat <<EOF
+  auth: {jwt: bench}
+---
+apiVersion: meridian/v1
+kind: JWTProvider
+metadata: {name: bench}
+spec:
+  issuer: bench
+  audiences: [bench]
+  algorithms: [RS256]
+  keys:
+    - kid: bench-1
+      publicKeyPEM: |
+EOF
+		sed 's/^/        /' "$2"
 	} >>"$1"
 }
 

@@ -4,8 +4,10 @@
 #
 # One upstream (nginx, 1 worker, answers every request with a 1 KiB body).
 # Every proxy keeps connections to it alive and adds X-Forwarded-For. wrk
-# (-t1 -c50) hits, in turn, the upstream directly, each proxy, and Meridian
-# with 10,000 extra routes; ROUNDS rounds interleave the targets (the order
+# (-t1 -c50) hits, in turn, the upstream directly, each proxy, Meridian
+# with 10,000 extra routes and Meridian with its route behind JWT
+# authentication (RS256: every request carries the same token, verified
+# once and then served from the verified-token cache); ROUNDS rounds interleave the targets (the order
 # rotates each round) so a noisy neighbour hurts every target alike. Medians
 # over rounds are printed with the ratios the project tracks
 # (docs/benchmarks.md).
@@ -24,7 +26,7 @@
 #   RESULTS (a file to copy the per-round results to, tab-separated: round,
 #   target, req/s, p50 ms, p99 ms, errors, req/CPU-s), TARGETS (the targets
 #   to measure, space-separated, from: direct nginx haproxy caddy bareproxy
-#   meridian meridian-10k; default all of them; ratios are printed for the
+#   meridian meridian-10k meridian-jwt; default all of them; ratios are printed for the
 #   pairs measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +39,7 @@ ROUTES=${ROUTES:-10000}
 BUILD=${BUILD:-1}
 CPU_LOAD=${CPU_LOAD:-0}
 CPU_PROXY=${CPU_PROXY:-1}
-ALL_TARGETS="direct nginx haproxy caddy bareproxy meridian meridian-10k"
+ALL_TARGETS="direct nginx haproxy caddy bareproxy meridian meridian-10k meridian-jwt"
 read -r -a TARGETS <<<"${TARGETS:-$ALL_TARGETS}"
 for t in "${TARGETS[@]}"; do
 	case " $ALL_TARGETS " in *" $t "*) ;; *) echo "$0: TARGETS: unknown target $t (known: $ALL_TARGETS)" >&2; exit 2 ;; esac
@@ -49,6 +51,7 @@ wanted() { case " ${TARGETS[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
 need nginx wrk curl taskset ss go pgrep
 if wanted haproxy; then need haproxy; fi
 if wanted caddy; then need caddy; fi
+if wanted meridian-jwt; then need openssl; fi
 CLK_TCK=$(getconf CLK_TCK)
 
 # ------------------------------------------------------------------ versions
@@ -70,6 +73,7 @@ if [ "$BUILD" = 1 ]; then
 	make -s build >"$TMP/build.log" 2>&1 || { cat "$TMP/build.log" >&2; exit 1; }
 fi
 go build -o "$TMP/bareproxy" ./e2e/cmd/bareproxy
+if wanted meridian-jwt; then go build -o "$TMP/minttoken" ./e2e/cmd/minttoken; fi
 echo "meridian $(git describe --always --dirty 2>/dev/null || echo unknown), bin/dataplane built $(date -r bin/dataplane '+%F %T')"
 
 # ------------------------------------------------------------------- targets
@@ -168,9 +172,20 @@ if wanted meridian-10k; then
 	meridian_config_routes "$TMP/meridian-10k.yaml" "$ROUTES"
 	start_meridian meridian-10k "$TMP/meridian-10k.yaml" "$ROOT/bin/dataplane"
 fi
+if wanted meridian-jwt; then
+	# One RSA-2048 key pair and one RS256 token valid for a day: wrk sends
+	# the same token on every request, so after the first verification the
+	# data plane answers from its verified-token cache.
+	openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/jwt-key.pem" 2>/dev/null
+	openssl pkey -in "$TMP/jwt-key.pem" -pubout -out "$TMP/jwt-pub.pem"
+	AUTH[meridian-jwt]="Bearer $("$TMP/minttoken" --key "$TMP/jwt-key.pem" --kid bench-1 --sub bench --iss bench --aud bench --ttl 24h)"
+	meridian_config_jwt "$TMP/meridian-jwt.yaml" "$TMP/jwt-pub.pem"
+	start_meridian meridian-jwt "$TMP/meridian-jwt.yaml" "$ROOT/bin/dataplane"
+fi
 
 for t in "${TARGETS[@]}"; do
-	wait_http "$t" "http://127.0.0.1:${PORT[$t]}$REQ_PATH"
+	# A target that wants a token must refuse a request without one.
+	wait_http "$t" "http://127.0.0.1:${PORT[$t]}$REQ_PATH" "$([ -n "${AUTH[$t]:-}" ] && echo 401 || echo 200)"
 	check_body "$t"
 done
 if wanted meridian-10k; then
@@ -179,6 +194,16 @@ if wanted meridian-10k; then
 fi
 
 # ------------------------------------------------------------------- measure
+# load TARGET WRK_ARGS...: wrk on CPU_LOAD against TARGET, with its
+# Authorization header when it needs one.
+load() {
+	local t=$1
+	shift
+	local -a hdr=()
+	if [ -n "${AUTH[$t]:-}" ]; then hdr=(-H "Authorization: ${AUTH[$t]}"); fi
+	taskset -c "$CPU_LOAD" wrk -t1 -c"$CONNECTIONS" "$@" "${hdr[@]}" "http://127.0.0.1:${PORT[$t]}$REQ_PATH"
+}
+
 # measure ROUND TARGET: one wrk run, one line appended to $TMP/results.tsv:
 # round, target, req/s, p50 ms, p99 ms, errors, requests per CPU-second of
 # the process under test (what it would serve with a whole core to itself;
@@ -187,7 +212,7 @@ measure() {
 	local round=$1 t=$2 out rps p50 p99 errors before after reqs per_cpu
 	out="$TMP/wrk-$t-$round.txt"
 	before=$(cpu_ticks "$t")
-	taskset -c "$CPU_LOAD" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:${PORT[$t]}$REQ_PATH" >"$out"
+	load "$t" -d"$DURATION" --latency >"$out"
 	after=$(cpu_ticks "$t")
 	rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
 	reqs=$(awk '/requests in/ {print $1}' "$out")
@@ -203,7 +228,7 @@ measure() {
 
 echo "== warm-up ($WARMUP each)"
 for t in "${TARGETS[@]}"; do
-	taskset -c "$CPU_LOAD" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:${PORT[$t]}$REQ_PATH" >/dev/null
+	load "$t" -d"$WARMUP" >/dev/null
 done
 
 : >"$TMP/results.tsv"
@@ -258,4 +283,5 @@ report "Meridian / Caddy >=1.4" meridian caddy 1.40
 report "Meridian / nginx" meridian nginx
 report "Meridian / HAProxy" meridian haproxy
 report "Meridian $ROUTES routes / 1 >=0.97" meridian-10k meridian 0.97
+report "Meridian JWT RS256 / no auth >=0.9" meridian-jwt meridian 0.90
 if [ -n "${RESULTS:-}" ]; then cp "$TMP/results.tsv" "$RESULTS"; fi

@@ -2,50 +2,16 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-)
 
-// writeCert writes a self-signed certificate for name and its key to dir.
-func writeCert(t *testing.T, dir, name string) (certFile, keyFile string, cert *x509.Certificate) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), DNSNames: []string{name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
-	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cert, _ = x509.ParseCertificate(der)
-	return certFile, keyFile, cert
-}
+	"github.com/meridian-gw/meridian/dataplane/internal/server/servertest"
+)
 
 // TestTLSListener runs the program with two certificates and checks that a
 // client gets the one for its SNI, speaks HTTP/2 and reaches the upstream
@@ -56,8 +22,8 @@ func TestTLSListener(t *testing.T) {
 	}))
 	defer up.Close()
 	dir := t.TempDir()
-	aCert, aKey, a := writeCert(t, dir, "a.test")
-	bCert, bKey, b := writeCert(t, dir, "b.test")
+	aCert, aKey, a := servertest.SelfSigned(t, dir, "a.test")
+	bCert, bKey, b := servertest.SelfSigned(t, dir, "b.test")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	addrs, done := bootFromCache(t, ctx, strings.TrimPrefix(up.URL, "http://"),

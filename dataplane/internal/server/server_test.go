@@ -2,20 +2,13 @@ package server_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,54 +17,15 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/server"
+	"github.com/meridian-gw/meridian/dataplane/internal/server/servertest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// selfSigned returns a certificate for names and its PEM files in dir.
-func selfSigned(t *testing.T, dir string, names ...string) (tls.Certificate, string, string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: names[0]},
-		DNSNames:     names,
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
-	certFile, keyFile := filepath.Join(dir, names[0]+".pem"), filepath.Join(dir, names[0]+"-key.pem")
-	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert, certFile, keyFile
-}
-
 func TestTLSBySNIWithHTTP2(t *testing.T) {
 	dir := t.TempDir()
-	_, aCert, aKey := selfSigned(t, dir, "a.test")
-	_, bCert, bKey := selfSigned(t, dir, "b.test", "*.b.test")
+	aCert, aKey, _ := servertest.SelfSigned(t, dir, "a.test")
+	bCert, bKey, _ := servertest.SelfSigned(t, dir, "b.test", "*.b.test")
 	certs, err := server.LoadCertificates([]string{aCert, bCert}, []string{aKey, bKey})
 	if err != nil {
 		t.Fatal(err)
@@ -134,7 +88,7 @@ func TestTLSBySNIWithHTTP2(t *testing.T) {
 
 func TestLoadCertificatesErrors(t *testing.T) {
 	dir := t.TempDir()
-	_, cert, key := selfSigned(t, dir, "a.test")
+	cert, key, _ := servertest.SelfSigned(t, dir, "a.test")
 	tests := []struct {
 		name         string
 		certs, keys  []string

@@ -18,13 +18,22 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/meridian-gw/meridian/dataplane/internal/middleware/jwt"
+	"github.com/meridian-gw/meridian/dataplane/internal/middleware/ratelimit"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
+	"github.com/meridian-gw/meridian/dataplane/internal/ratelimit/local"
 	"github.com/meridian-gw/meridian/dataplane/internal/router"
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
 	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
+
+// sweepInterval is how often idle rate limit keys are dropped. Sweeping
+// frees memory and room under the key cap; it never changes a decision, so
+// its pace only bounds how long an idle key lingers.
+const sweepInterval = 5 * time.Second
 
 // Source says where an applied snapshot came from.
 type Source string
@@ -51,6 +60,17 @@ type Config struct {
 	// spec did not change is carried over, keys, JWKS and token cache and
 	// all.
 	providers map[string]*jwt.Provider
+	// limits are the local-scope RateLimits by name; a RateLimit whose
+	// spec did not change keeps its store, so its buckets survive the
+	// push. Global-scope RateLimits have no entry: global scope is
+	// enforced in a later change, and routes naming one are unlimited.
+	limits map[string]*rateLimit
+}
+
+// rateLimit is one compiled local-scope RateLimit.
+type rateLimit struct {
+	spec  *meridianv1.RateLimitSpec
+	store *local.Store
 }
 
 // Version returns the snapshot version.
@@ -96,6 +116,14 @@ type Gateway struct {
 	log      *slog.Logger
 	errorLog *log.Logger
 	now      func() time.Time
+
+	// The sweeper drops idle keys from the live Config's rate limit
+	// stores. Apply starts it with the first store (so a Gateway without
+	// rate limits runs no goroutine) and Close stops it and waits; both
+	// hold mu.
+	sweepStop context.CancelFunc
+	sweepDone sync.WaitGroup
+	closed    bool
 }
 
 // New returns a Gateway with no configuration.
@@ -149,6 +177,9 @@ func (g *Gateway) Apply(ctx context.Context, snap *meridianv1.Snapshot, src Sour
 	next.source = src
 	next.appliedAt = g.now()
 	g.current.Store(next)
+	if len(next.limits) > 0 && g.sweepStop == nil && !g.closed {
+		g.startSweeper()
+	}
 	if prev != nil {
 		upstream.CloseUnused(prev.pools, next.pools)
 		closeUnusedProviders(prev.providers, next.providers)
@@ -159,13 +190,48 @@ func (g *Gateway) Apply(ctx context.Context, snap *meridianv1.Snapshot, src Sour
 	return nil
 }
 
-// Close stops the live Config's health checkers and releases its idle
-// upstream connections.
+// Close stops the live Config's health checkers and the rate limit
+// sweeper, and releases idle upstream connections.
 func (g *Gateway) Close() {
+	g.mu.Lock()
+	g.closed = true
+	if g.sweepStop != nil {
+		g.sweepStop()
+		g.sweepDone.Wait()
+		g.sweepStop = nil
+	}
+	g.mu.Unlock()
 	if c := g.current.Load(); c != nil {
 		upstream.CloseUnused(c.pools, nil)
 		closeUnusedProviders(c.providers, nil)
 	}
+}
+
+// startSweeper starts the goroutine that sweeps the live Config's rate
+// limit stores every sweepInterval. Stores a push dropped are left to the
+// garbage collector.
+func (g *Gateway) startSweeper() {
+	ctx, cancel := context.WithCancel(context.Background())
+	g.sweepStop = cancel
+	g.sweepDone.Add(1)
+	go func() {
+		defer g.sweepDone.Done()
+		t := time.NewTicker(sweepInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if c := g.current.Load(); c != nil {
+					now := g.now()
+					for _, rl := range c.limits {
+						rl.store.Sweep(now)
+					}
+				}
+			}
+		}
+	}()
 }
 
 // closeUnusedProviders closes the providers of old that current does not
@@ -180,8 +246,14 @@ func closeUnusedProviders(old, current map[string]*jwt.Provider) {
 }
 
 // chain wraps a route's proxy handler in its middleware, outermost first:
-// authentication, then the request context the load balancer reads.
-func (g *Gateway) chain(route string, spec *meridianv1.RouteSpec, h http.Handler, providers map[string]*jwt.Provider) (http.Handler, error) {
+// authentication, rate limits (after authentication, so consumer and
+// claim: keys see the verified identity), then the request context the
+// load balancer reads.
+func (g *Gateway) chain(route string, spec *meridianv1.RouteSpec, h http.Handler, providers map[string]*jwt.Provider, limits map[string]*rateLimit) (http.Handler, error) {
+	h, err := g.rateLimits(route, spec, h, limits)
+	if err != nil {
+		return nil, err
+	}
 	auth := spec.GetAuth()
 	if auth.GetJwt() == "" {
 		return h, nil
@@ -193,6 +265,61 @@ func (g *Gateway) chain(route string, spec *meridianv1.RouteSpec, h http.Handler
 		return nil, &config.FieldError{Kind: config.KindRoute, Name: route, Path: "spec.auth.jwt", Msg: fmt.Sprintf("JWTProvider %q is not available", auth.GetJwt())}
 	}
 	return jwt.New(p, auth, claimsForBalancer(h))
+}
+
+// rateLimits wraps h in the route's local-scope RateLimits, in the order of
+// spec.rateLimits. A name without an entry in limits is a global-scope
+// RateLimit: global scope is enforced in a later change, so it is skipped.
+func (g *Gateway) rateLimits(route string, spec *meridianv1.RouteSpec, h http.Handler, limits map[string]*rateLimit) (http.Handler, error) {
+	var ls []ratelimit.Limit
+	for i, name := range spec.GetRateLimits() {
+		rl := limits[name]
+		if rl == nil {
+			continue
+		}
+		key, err := ratelimit.ParseKey(rl.spec.GetKey(), route)
+		if err != nil {
+			// Validate checks key parts; this is a guard, not a path.
+			return nil, &config.FieldError{Kind: config.KindRoute, Name: route, Path: fmt.Sprintf("spec.rateLimits[%d]", i), Msg: fmt.Sprintf("RateLimit %q: %v", name, err)}
+		}
+		ls = append(ls, ratelimit.Limit{
+			Name: name, Key: key, Limiter: rl.store,
+			Period: rl.spec.GetPeriod().AsDuration(), Shadow: rl.spec.GetShadow(),
+		})
+	}
+	if len(ls) == 0 {
+		return h, nil
+	}
+	return ratelimit.New(ls, ratelimit.Options{Route: route, Log: g.log, Now: g.now}, h), nil
+}
+
+// compileRateLimits builds a store for each local-scope RateLimit, reusing
+// live's store when the spec is unchanged so buckets survive the push.
+func compileRateLimits(rs []*meridianv1.Resource, live map[string]*rateLimit) (map[string]*rateLimit, config.ErrorList) {
+	limits := map[string]*rateLimit{}
+	var errs config.ErrorList
+	for _, r := range rs {
+		res := r.GetRateLimit()
+		if res == nil || res.GetSpec().GetScope() == meridianv1.RateLimitScope_RATE_LIMIT_SCOPE_GLOBAL {
+			continue
+		}
+		name := res.GetMetadata().GetName()
+		if old := live[name]; old != nil && proto.Equal(old.spec, res.GetSpec()) {
+			limits[name] = old
+			continue
+		}
+		if _, err := ratelimit.ParseKey(res.GetSpec().GetKey(), ""); err != nil {
+			errs = append(errs, &config.FieldError{Kind: config.KindRateLimit, Name: name, Path: "spec.key", Msg: err.Error()})
+			continue
+		}
+		store, err := local.New(res.GetSpec(), local.Options{})
+		if err != nil {
+			errs = append(errs, &config.FieldError{Kind: config.KindRateLimit, Name: name, Path: "spec", Msg: err.Error()})
+			continue
+		}
+		limits[name] = &rateLimit{spec: res.GetSpec(), store: store}
+	}
+	return limits, errs
 }
 
 // claimsForBalancer hands the verified claims to the upstream package, so
@@ -235,7 +362,12 @@ func (g *Gateway) compile(ctx context.Context, snap *meridianv1.Snapshot, prev *
 			closeUnusedProviders(c.providers, liveProviders)
 		}
 	}()
-	var errs config.ErrorList
+	var liveLimits map[string]*rateLimit
+	if prev != nil {
+		liveLimits = prev.limits
+	}
+	limits, errs := compileRateLimits(rs, liveLimits)
+	c.limits = limits
 	for _, r := range rs {
 		jp := r.GetJwtProvider()
 		if jp == nil {
@@ -289,7 +421,7 @@ func (g *Gateway) compile(ctx context.Context, snap *meridianv1.Snapshot, prev *
 			errs = appendErr(errs, err)
 			continue
 		}
-		chain, err := g.chain(name, rt.GetSpec(), h, c.providers)
+		chain, err := g.chain(name, rt.GetSpec(), h, c.providers, c.limits)
 		if err != nil {
 			errs = appendErr(errs, err)
 			continue

@@ -251,39 +251,7 @@ func freeClusterPort() (int, error) {
 // until it answers PING.
 func (s *redisServer) startClusterNode() error {
 	p := strconv.Itoa(s.port)
-	cmd := exec.Command("redis-server",
-		"--port", p, "--bind", "127.0.0.1",
-		"--cluster-enabled", "yes",
-		"--cluster-config-file", filepath.Join(s.dir, "nodes-"+p+".conf"),
-		"--save", "", "--appendonly", "no", "--dir", s.dir)
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	c := redis.NewClient(&redis.Options{Addr: s.addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
-	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		select {
-		case err := <-exited:
-			return errors.Join(errors.New("redis-server exited"), err)
-		default:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		err := c.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			s.cmd, s.exited = cmd, exited
-			return nil
-		}
-		if time.Now().After(deadline) {
-			_ = cmd.Process.Kill()
-			<-exited
-			return errors.New("redis-server did not answer PING")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return s.start("--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(s.dir, "nodes-"+p+".conf"))
 }
 
 // waitClusterOK polls CLUSTER INFO on every node until all report

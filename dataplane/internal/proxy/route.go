@@ -224,8 +224,16 @@ type exchange struct {
 
 var exchanges = sync.Pool{New: func() any { return new(exchange) }}
 
-// WriteHeader records the first final status; 1xx are passed on as is.
+// WriteHeader records the first final status; 1xx other than 100 are
+// passed on as is.
 func (x *exchange) WriteHeader(code int) {
+	if code == http.StatusContinue {
+		// The server sends its own 100 Continue when the transport starts
+		// reading the client's body, which it does only after the
+		// upstream's 100 (or ExpectContinueTimeout). Relaying the
+		// upstream's too races with it and can send the client two.
+		return
+	}
 	if x.status == 0 && code >= 200 {
 		x.status = code
 		x.latency = time.Since(x.start)

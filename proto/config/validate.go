@@ -601,7 +601,39 @@ func (v *validator) rateLimit(s *meridianv1.RateLimitSpec) {
 		}
 		seen[k] = true
 	}
+	if q := s.GetQueue(); q != nil {
+		if q.GetMaxWait() == nil {
+			v.errf("spec.queue.maxWait", "required, e.g. 500ms")
+		} else if d := v.positive("spec.queue.maxWait", q.GetMaxWait()); d > maxQueueWait {
+			v.errf("spec.queue.maxWait", "must be at most %s", maxQueueWait)
+		}
+		switch s.GetAlgorithm() {
+		case meridianv1.RateLimitAlgorithm_RATE_LIMIT_ALGORITHM_UNSPECIFIED,
+			meridianv1.RateLimitAlgorithm_RATE_LIMIT_ALGORITHM_TOKEN_BUCKET,
+			meridianv1.RateLimitAlgorithm_RATE_LIMIT_ALGORITHM_GCRA:
+		default:
+			v.errf("spec.queue", "needs algorithm token_bucket or gcra, which can reserve a later turn")
+		}
+	}
+	if b := s.GetLocalBatch(); b > 1 {
+		switch {
+		case s.GetScope() != meridianv1.RateLimitScope_RATE_LIMIT_SCOPE_GLOBAL:
+			v.errf("spec.localBatch", "applies to scope global only")
+		case s.GetQueue() != nil:
+			v.errf("spec.localBatch", "cannot be combined with queue")
+		case b > maxLocalBatch:
+			v.errf("spec.localBatch", "must be at most %d", maxLocalBatch)
+		case s.GetLimit() > 0 && uint64(b) > s.GetLimit():
+			v.errf("spec.localBatch", "must not exceed limit (%d)", s.GetLimit())
+		}
+	}
 }
+
+// maxQueueWait bounds how long a queued request may hold its connection.
+const maxQueueWait = time.Minute
+
+// maxLocalBatch bounds the tokens one data plane may hold unspent.
+const maxLocalBatch = 1000
 
 // ---------------------------------------------------------- CircuitBreaker
 

@@ -77,6 +77,14 @@ func TestValidateErrors(t *testing.T) {
 				`v.yaml:4: RateLimit "rl": spec.period: must be greater than zero`,
 				`v.yaml:4: RateLimit "rl": spec.key[0]: "ip" is not one of client_ip, route, consumer, header:<name>, claim:<name>`,
 			}},
+		{"rate limit queue and batch", "apiVersion: meridian/v1\nkind: RateLimit\nmetadata: {name: rl}\nspec:\n  algorithm: sliding_window\n  limit: 10\n  period: 1s\n  key: [route]\n  queue: {maxWait: 2m}\n  localBatch: 20\n",
+			[]string{
+				`v.yaml:9: RateLimit "rl": spec.queue.maxWait: must be at most 1m0s`,
+				`v.yaml:9: RateLimit "rl": spec.queue: needs algorithm token_bucket or gcra, which can reserve a later turn`,
+				`v.yaml:10: RateLimit "rl": spec.localBatch: applies to scope global only`,
+			}},
+		{"rate limit batch over limit", "apiVersion: meridian/v1\nkind: RateLimit\nmetadata: {name: rl}\nspec: {scope: global, limit: 10, period: 1s, key: [route], localBatch: 20}\n",
+			[]string{`v.yaml:4: RateLimit "rl": spec.localBatch: must not exceed limit (10)`}},
 		{"upstream fields", "apiVersion: meridian/v1\nkind: Upstream\nmetadata: {name: Bad Name}\nspec:\n  targets: [{address: localhost}]\n  loadBalancer: {policy: consistent_hash}\n",
 			[]string{
 				`v.yaml:3: Upstream "Bad Name": metadata.name: "Bad Name" is not a valid name (letters, digits, '.', '_' and '-', starting and ending with a letter or digit)`,

@@ -176,8 +176,11 @@ func (x *StreamSnapshotsRequest) GetError() *ConfigError {
 
 // StreamSnapshotsResponse is the control plane's side of the stream.
 type StreamSnapshotsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Snapshot      *Snapshot              `protobuf:"bytes,1,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Set when the configuration changed; may be unset when only fleet did.
+	Snapshot *Snapshot `protobuf:"bytes,1,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	// Sent when a stream opens and whenever the fleet's size changes.
+	Fleet         *FleetStatus `protobuf:"bytes,2,opt,name=fleet,proto3" json:"fleet,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -219,6 +222,60 @@ func (x *StreamSnapshotsResponse) GetSnapshot() *Snapshot {
 	return nil
 }
 
+func (x *StreamSnapshotsResponse) GetFleet() *FleetStatus {
+	if x != nil {
+		return x.Fleet
+	}
+	return nil
+}
+
+// FleetStatus is what the control plane knows about the whole fleet.
+type FleetStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Data planes with a live stream to any control-plane replica; global
+	// rate limits falling back to local counting enforce limit / this.
+	ConnectedDataplanes uint32 `protobuf:"varint,1,opt,name=connected_dataplanes,json=connectedDataplanes,proto3" json:"connected_dataplanes,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *FleetStatus) Reset() {
+	*x = FleetStatus{}
+	mi := &file_meridian_v1_discovery_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FleetStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FleetStatus) ProtoMessage() {}
+
+func (x *FleetStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_discovery_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FleetStatus.ProtoReflect.Descriptor instead.
+func (*FleetStatus) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *FleetStatus) GetConnectedDataplanes() uint32 {
+	if x != nil {
+		return x.ConnectedDataplanes
+	}
+	return 0
+}
+
 // Snapshot is the whole configuration at one version.
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -236,7 +293,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_meridian_v1_discovery_proto_msgTypes[3]
+	mi := &file_meridian_v1_discovery_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -248,7 +305,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_discovery_proto_msgTypes[3]
+	mi := &file_meridian_v1_discovery_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -261,7 +318,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{3}
+	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Snapshot) GetVersion() uint64 {
@@ -313,7 +370,7 @@ type ConfigError struct {
 
 func (x *ConfigError) Reset() {
 	*x = ConfigError{}
-	mi := &file_meridian_v1_discovery_proto_msgTypes[4]
+	mi := &file_meridian_v1_discovery_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -325,7 +382,7 @@ func (x *ConfigError) String() string {
 func (*ConfigError) ProtoMessage() {}
 
 func (x *ConfigError) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_discovery_proto_msgTypes[4]
+	mi := &file_meridian_v1_discovery_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -338,7 +395,7 @@ func (x *ConfigError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigError.ProtoReflect.Descriptor instead.
 func (*ConfigError) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{4}
+	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ConfigError) GetKind() string {
@@ -387,9 +444,12 @@ const file_meridian_v1_discovery_proto_rawDesc = "" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12\x12\n" +
 	"\x04hash\x18\x03 \x01(\tR\x04hash\x12%\n" +
 	"\x0eresponse_nonce\x18\x04 \x01(\tR\rresponseNonce\x12.\n" +
-	"\x05error\x18\x05 \x01(\v2\x18.meridian.v1.ConfigErrorR\x05error\"L\n" +
+	"\x05error\x18\x05 \x01(\v2\x18.meridian.v1.ConfigErrorR\x05error\"|\n" +
 	"\x17StreamSnapshotsResponse\x121\n" +
-	"\bsnapshot\x18\x01 \x01(\v2\x15.meridian.v1.SnapshotR\bsnapshot\"\xbe\x01\n" +
+	"\bsnapshot\x18\x01 \x01(\v2\x15.meridian.v1.SnapshotR\bsnapshot\x12.\n" +
+	"\x05fleet\x18\x02 \x01(\v2\x18.meridian.v1.FleetStatusR\x05fleet\"@\n" +
+	"\vFleetStatus\x121\n" +
+	"\x14connected_dataplanes\x18\x01 \x01(\rR\x13connectedDataplanes\"\xbe\x01\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x12\n" +
 	"\x04hash\x18\x02 \x01(\tR\x04hash\x12\x14\n" +
@@ -417,31 +477,33 @@ func file_meridian_v1_discovery_proto_rawDescGZIP() []byte {
 	return file_meridian_v1_discovery_proto_rawDescData
 }
 
-var file_meridian_v1_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_meridian_v1_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_meridian_v1_discovery_proto_goTypes = []any{
 	(*Node)(nil),                    // 0: meridian.v1.Node
 	(*StreamSnapshotsRequest)(nil),  // 1: meridian.v1.StreamSnapshotsRequest
 	(*StreamSnapshotsResponse)(nil), // 2: meridian.v1.StreamSnapshotsResponse
-	(*Snapshot)(nil),                // 3: meridian.v1.Snapshot
-	(*ConfigError)(nil),             // 4: meridian.v1.ConfigError
-	nil,                             // 5: meridian.v1.Node.LabelsEntry
-	(*Resource)(nil),                // 6: meridian.v1.Resource
-	(*timestamppb.Timestamp)(nil),   // 7: google.protobuf.Timestamp
+	(*FleetStatus)(nil),             // 3: meridian.v1.FleetStatus
+	(*Snapshot)(nil),                // 4: meridian.v1.Snapshot
+	(*ConfigError)(nil),             // 5: meridian.v1.ConfigError
+	nil,                             // 6: meridian.v1.Node.LabelsEntry
+	(*Resource)(nil),                // 7: meridian.v1.Resource
+	(*timestamppb.Timestamp)(nil),   // 8: google.protobuf.Timestamp
 }
 var file_meridian_v1_discovery_proto_depIdxs = []int32{
-	5, // 0: meridian.v1.Node.labels:type_name -> meridian.v1.Node.LabelsEntry
+	6, // 0: meridian.v1.Node.labels:type_name -> meridian.v1.Node.LabelsEntry
 	0, // 1: meridian.v1.StreamSnapshotsRequest.node:type_name -> meridian.v1.Node
-	4, // 2: meridian.v1.StreamSnapshotsRequest.error:type_name -> meridian.v1.ConfigError
-	3, // 3: meridian.v1.StreamSnapshotsResponse.snapshot:type_name -> meridian.v1.Snapshot
-	6, // 4: meridian.v1.Snapshot.resources:type_name -> meridian.v1.Resource
-	7, // 5: meridian.v1.Snapshot.created_at:type_name -> google.protobuf.Timestamp
-	1, // 6: meridian.v1.ConfigDiscoveryService.StreamSnapshots:input_type -> meridian.v1.StreamSnapshotsRequest
-	2, // 7: meridian.v1.ConfigDiscoveryService.StreamSnapshots:output_type -> meridian.v1.StreamSnapshotsResponse
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	5, // 2: meridian.v1.StreamSnapshotsRequest.error:type_name -> meridian.v1.ConfigError
+	4, // 3: meridian.v1.StreamSnapshotsResponse.snapshot:type_name -> meridian.v1.Snapshot
+	3, // 4: meridian.v1.StreamSnapshotsResponse.fleet:type_name -> meridian.v1.FleetStatus
+	7, // 5: meridian.v1.Snapshot.resources:type_name -> meridian.v1.Resource
+	8, // 6: meridian.v1.Snapshot.created_at:type_name -> google.protobuf.Timestamp
+	1, // 7: meridian.v1.ConfigDiscoveryService.StreamSnapshots:input_type -> meridian.v1.StreamSnapshotsRequest
+	2, // 8: meridian.v1.ConfigDiscoveryService.StreamSnapshots:output_type -> meridian.v1.StreamSnapshotsResponse
+	8, // [8:9] is the sub-list for method output_type
+	7, // [7:8] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_discovery_proto_init() }
@@ -456,7 +518,7 @@ func file_meridian_v1_discovery_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_discovery_proto_rawDesc), len(file_meridian_v1_discovery_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

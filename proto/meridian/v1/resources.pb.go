@@ -2202,7 +2202,15 @@ type RateLimitSpec struct {
 	Key            []string           `protobuf:"bytes,6,rep,name=key,proto3" json:"key,omitempty"`
 	OnStoreFailure StoreFailurePolicy `protobuf:"varint,7,opt,name=on_store_failure,json=onStoreFailure,proto3,enum=meridian.v1.StoreFailurePolicy" json:"on_store_failure,omitempty"`
 	// Count and report, never reject.
-	Shadow        bool `protobuf:"varint,8,opt,name=shadow,proto3" json:"shadow,omitempty"`
+	Shadow bool `protobuf:"varint,8,opt,name=shadow,proto3" json:"shadow,omitempty"`
+	// Requests over the rate wait up to maxWait for their turn instead of
+	// being rejected (token_bucket and gcra).
+	Queue *RateLimitQueue `protobuf:"bytes,9,opt,name=queue,proto3" json:"queue,omitempty"`
+	// Global scope: tokens a data plane takes from Redis per call and spends
+	// locally, trading a bounded overshoot for fewer Redis calls; 0 or 1 = exact.
+	LocalBatch uint32 `protobuf:"varint,10,opt,name=local_batch,json=localBatch,proto3" json:"local_batch,omitempty"`
+	// Applies to every route, before the route's own rate_limits.
+	AllRoutes     bool `protobuf:"varint,11,opt,name=all_routes,json=allRoutes,proto3" json:"all_routes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2293,6 +2301,73 @@ func (x *RateLimitSpec) GetShadow() bool {
 	return false
 }
 
+func (x *RateLimitSpec) GetQueue() *RateLimitQueue {
+	if x != nil {
+		return x.Queue
+	}
+	return nil
+}
+
+func (x *RateLimitSpec) GetLocalBatch() uint32 {
+	if x != nil {
+		return x.LocalBatch
+	}
+	return 0
+}
+
+func (x *RateLimitSpec) GetAllRoutes() bool {
+	if x != nil {
+		return x.AllRoutes
+	}
+	return false
+}
+
+// RateLimitQueue turns rejection into pacing.
+type RateLimitQueue struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Longest a request waits for its turn; past that it is rejected.
+	MaxWait       *durationpb.Duration `protobuf:"bytes,1,opt,name=max_wait,json=maxWait,proto3" json:"max_wait,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RateLimitQueue) Reset() {
+	*x = RateLimitQueue{}
+	mi := &file_meridian_v1_resources_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RateLimitQueue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RateLimitQueue) ProtoMessage() {}
+
+func (x *RateLimitQueue) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_resources_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RateLimitQueue.ProtoReflect.Descriptor instead.
+func (*RateLimitQueue) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RateLimitQueue) GetMaxWait() *durationpb.Duration {
+	if x != nil {
+		return x.MaxWait
+	}
+	return nil
+}
+
 // CircuitBreaker stops traffic to a failing upstream.
 type CircuitBreaker struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2304,7 +2379,7 @@ type CircuitBreaker struct {
 
 func (x *CircuitBreaker) Reset() {
 	*x = CircuitBreaker{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[27]
+	mi := &file_meridian_v1_resources_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2316,7 +2391,7 @@ func (x *CircuitBreaker) String() string {
 func (*CircuitBreaker) ProtoMessage() {}
 
 func (x *CircuitBreaker) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[27]
+	mi := &file_meridian_v1_resources_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2329,7 +2404,7 @@ func (x *CircuitBreaker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CircuitBreaker.ProtoReflect.Descriptor instead.
 func (*CircuitBreaker) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{27}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CircuitBreaker) GetMetadata() *Metadata {
@@ -2364,7 +2439,7 @@ type CircuitBreakerSpec struct {
 
 func (x *CircuitBreakerSpec) Reset() {
 	*x = CircuitBreakerSpec{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[28]
+	mi := &file_meridian_v1_resources_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2376,7 +2451,7 @@ func (x *CircuitBreakerSpec) String() string {
 func (*CircuitBreakerSpec) ProtoMessage() {}
 
 func (x *CircuitBreakerSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[28]
+	mi := &file_meridian_v1_resources_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2389,7 +2464,7 @@ func (x *CircuitBreakerSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CircuitBreakerSpec.ProtoReflect.Descriptor instead.
 func (*CircuitBreakerSpec) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{28}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CircuitBreakerSpec) GetWindow() *durationpb.Duration {
@@ -2467,7 +2542,7 @@ type TripConditions struct {
 
 func (x *TripConditions) Reset() {
 	*x = TripConditions{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[29]
+	mi := &file_meridian_v1_resources_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2479,7 +2554,7 @@ func (x *TripConditions) String() string {
 func (*TripConditions) ProtoMessage() {}
 
 func (x *TripConditions) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[29]
+	mi := &file_meridian_v1_resources_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2492,7 +2567,7 @@ func (x *TripConditions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TripConditions.ProtoReflect.Descriptor instead.
 func (*TripConditions) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{29}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *TripConditions) GetErrorRate() float64 {
@@ -2527,7 +2602,7 @@ type LatencyTrip struct {
 
 func (x *LatencyTrip) Reset() {
 	*x = LatencyTrip{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[30]
+	mi := &file_meridian_v1_resources_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2539,7 +2614,7 @@ func (x *LatencyTrip) String() string {
 func (*LatencyTrip) ProtoMessage() {}
 
 func (x *LatencyTrip) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[30]
+	mi := &file_meridian_v1_resources_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2552,7 +2627,7 @@ func (x *LatencyTrip) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LatencyTrip.ProtoReflect.Descriptor instead.
 func (*LatencyTrip) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{30}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LatencyTrip) GetQuantile() float64 {
@@ -2582,7 +2657,7 @@ type OpenPolicy struct {
 
 func (x *OpenPolicy) Reset() {
 	*x = OpenPolicy{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[31]
+	mi := &file_meridian_v1_resources_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2594,7 +2669,7 @@ func (x *OpenPolicy) String() string {
 func (*OpenPolicy) ProtoMessage() {}
 
 func (x *OpenPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[31]
+	mi := &file_meridian_v1_resources_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2607,7 +2682,7 @@ func (x *OpenPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenPolicy.ProtoReflect.Descriptor instead.
 func (*OpenPolicy) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{31}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *OpenPolicy) GetDuration() *durationpb.Duration {
@@ -2649,7 +2724,7 @@ type HalfOpenPolicy struct {
 
 func (x *HalfOpenPolicy) Reset() {
 	*x = HalfOpenPolicy{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[32]
+	mi := &file_meridian_v1_resources_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2661,7 +2736,7 @@ func (x *HalfOpenPolicy) String() string {
 func (*HalfOpenPolicy) ProtoMessage() {}
 
 func (x *HalfOpenPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[32]
+	mi := &file_meridian_v1_resources_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2674,7 +2749,7 @@ func (x *HalfOpenPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HalfOpenPolicy.ProtoReflect.Descriptor instead.
 func (*HalfOpenPolicy) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{32}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *HalfOpenPolicy) GetProbes() uint32 {
@@ -2703,7 +2778,7 @@ type Fallback struct {
 
 func (x *Fallback) Reset() {
 	*x = Fallback{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[33]
+	mi := &file_meridian_v1_resources_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2715,7 +2790,7 @@ func (x *Fallback) String() string {
 func (*Fallback) ProtoMessage() {}
 
 func (x *Fallback) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[33]
+	mi := &file_meridian_v1_resources_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2728,7 +2803,7 @@ func (x *Fallback) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fallback.ProtoReflect.Descriptor instead.
 func (*Fallback) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{33}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Fallback) GetStatus() uint32 {
@@ -2763,7 +2838,7 @@ type JWTProvider struct {
 
 func (x *JWTProvider) Reset() {
 	*x = JWTProvider{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[34]
+	mi := &file_meridian_v1_resources_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2775,7 +2850,7 @@ func (x *JWTProvider) String() string {
 func (*JWTProvider) ProtoMessage() {}
 
 func (x *JWTProvider) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[34]
+	mi := &file_meridian_v1_resources_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2788,7 +2863,7 @@ func (x *JWTProvider) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTProvider.ProtoReflect.Descriptor instead.
 func (*JWTProvider) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{34}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *JWTProvider) GetMetadata() *Metadata {
@@ -2828,7 +2903,7 @@ type JWTProviderSpec struct {
 
 func (x *JWTProviderSpec) Reset() {
 	*x = JWTProviderSpec{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[35]
+	mi := &file_meridian_v1_resources_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2840,7 +2915,7 @@ func (x *JWTProviderSpec) String() string {
 func (*JWTProviderSpec) ProtoMessage() {}
 
 func (x *JWTProviderSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[35]
+	mi := &file_meridian_v1_resources_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2853,7 +2928,7 @@ func (x *JWTProviderSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTProviderSpec.ProtoReflect.Descriptor instead.
 func (*JWTProviderSpec) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{35}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *JWTProviderSpec) GetIssuer() string {
@@ -2941,7 +3016,7 @@ type JWTKey struct {
 
 func (x *JWTKey) Reset() {
 	*x = JWTKey{}
-	mi := &file_meridian_v1_resources_proto_msgTypes[36]
+	mi := &file_meridian_v1_resources_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2953,7 +3028,7 @@ func (x *JWTKey) String() string {
 func (*JWTKey) ProtoMessage() {}
 
 func (x *JWTKey) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_resources_proto_msgTypes[36]
+	mi := &file_meridian_v1_resources_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2966,7 +3041,7 @@ func (x *JWTKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTKey.ProtoReflect.Descriptor instead.
 func (*JWTKey) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{36}
+	return file_meridian_v1_resources_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *JWTKey) GetKid() string {
@@ -3134,7 +3209,7 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\bcontains\x18\x03 \x03(\tR\bcontains\"n\n" +
 	"\tRateLimit\x121\n" +
 	"\bmetadata\x18\x01 \x01(\v2\x15.meridian.v1.MetadataR\bmetadata\x12.\n" +
-	"\x04spec\x18\x02 \x01(\v2\x1a.meridian.v1.RateLimitSpecR\x04spec\"\xd5\x02\n" +
+	"\x04spec\x18\x02 \x01(\v2\x1a.meridian.v1.RateLimitSpecR\x04spec\"\xc8\x03\n" +
 	"\rRateLimitSpec\x121\n" +
 	"\x05scope\x18\x01 \x01(\x0e2\x1b.meridian.v1.RateLimitScopeR\x05scope\x12=\n" +
 	"\talgorithm\x18\x02 \x01(\x0e2\x1f.meridian.v1.RateLimitAlgorithmR\talgorithm\x12\x14\n" +
@@ -3143,7 +3218,15 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\x05burst\x18\x05 \x01(\x04R\x05burst\x12\x10\n" +
 	"\x03key\x18\x06 \x03(\tR\x03key\x12I\n" +
 	"\x10on_store_failure\x18\a \x01(\x0e2\x1f.meridian.v1.StoreFailurePolicyR\x0eonStoreFailure\x12\x16\n" +
-	"\x06shadow\x18\b \x01(\bR\x06shadow\"x\n" +
+	"\x06shadow\x18\b \x01(\bR\x06shadow\x121\n" +
+	"\x05queue\x18\t \x01(\v2\x1b.meridian.v1.RateLimitQueueR\x05queue\x12\x1f\n" +
+	"\vlocal_batch\x18\n" +
+	" \x01(\rR\n" +
+	"localBatch\x12\x1d\n" +
+	"\n" +
+	"all_routes\x18\v \x01(\bR\tallRoutes\"F\n" +
+	"\x0eRateLimitQueue\x124\n" +
+	"\bmax_wait\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\amaxWait\"x\n" +
 	"\x0eCircuitBreaker\x121\n" +
 	"\bmetadata\x18\x01 \x01(\v2\x15.meridian.v1.MetadataR\bmetadata\x123\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1f.meridian.v1.CircuitBreakerSpecR\x04spec\"\xc4\x03\n" +
@@ -3258,7 +3341,7 @@ func file_meridian_v1_resources_proto_rawDescGZIP() []byte {
 }
 
 var file_meridian_v1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_meridian_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_meridian_v1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_meridian_v1_resources_proto_goTypes = []any{
 	(Scheme)(0),                 // 0: meridian.v1.Scheme
 	(LoadBalancerPolicy)(0),     // 1: meridian.v1.LoadBalancerPolicy
@@ -3293,30 +3376,31 @@ var file_meridian_v1_resources_proto_goTypes = []any{
 	(*ClaimRequirement)(nil),    // 30: meridian.v1.ClaimRequirement
 	(*RateLimit)(nil),           // 31: meridian.v1.RateLimit
 	(*RateLimitSpec)(nil),       // 32: meridian.v1.RateLimitSpec
-	(*CircuitBreaker)(nil),      // 33: meridian.v1.CircuitBreaker
-	(*CircuitBreakerSpec)(nil),  // 34: meridian.v1.CircuitBreakerSpec
-	(*TripConditions)(nil),      // 35: meridian.v1.TripConditions
-	(*LatencyTrip)(nil),         // 36: meridian.v1.LatencyTrip
-	(*OpenPolicy)(nil),          // 37: meridian.v1.OpenPolicy
-	(*HalfOpenPolicy)(nil),      // 38: meridian.v1.HalfOpenPolicy
-	(*Fallback)(nil),            // 39: meridian.v1.Fallback
-	(*JWTProvider)(nil),         // 40: meridian.v1.JWTProvider
-	(*JWTProviderSpec)(nil),     // 41: meridian.v1.JWTProviderSpec
-	(*JWTKey)(nil),              // 42: meridian.v1.JWTKey
-	nil,                         // 43: meridian.v1.Metadata.LabelsEntry
-	nil,                         // 44: meridian.v1.HeaderOps.SetEntry
-	nil,                         // 45: meridian.v1.HeaderOps.AddEntry
-	nil,                         // 46: meridian.v1.Fallback.HeadersEntry
-	nil,                         // 47: meridian.v1.JWTProviderSpec.ForwardClaimsEntry
-	(*durationpb.Duration)(nil), // 48: google.protobuf.Duration
+	(*RateLimitQueue)(nil),      // 33: meridian.v1.RateLimitQueue
+	(*CircuitBreaker)(nil),      // 34: meridian.v1.CircuitBreaker
+	(*CircuitBreakerSpec)(nil),  // 35: meridian.v1.CircuitBreakerSpec
+	(*TripConditions)(nil),      // 36: meridian.v1.TripConditions
+	(*LatencyTrip)(nil),         // 37: meridian.v1.LatencyTrip
+	(*OpenPolicy)(nil),          // 38: meridian.v1.OpenPolicy
+	(*HalfOpenPolicy)(nil),      // 39: meridian.v1.HalfOpenPolicy
+	(*Fallback)(nil),            // 40: meridian.v1.Fallback
+	(*JWTProvider)(nil),         // 41: meridian.v1.JWTProvider
+	(*JWTProviderSpec)(nil),     // 42: meridian.v1.JWTProviderSpec
+	(*JWTKey)(nil),              // 43: meridian.v1.JWTKey
+	nil,                         // 44: meridian.v1.Metadata.LabelsEntry
+	nil,                         // 45: meridian.v1.HeaderOps.SetEntry
+	nil,                         // 46: meridian.v1.HeaderOps.AddEntry
+	nil,                         // 47: meridian.v1.Fallback.HeadersEntry
+	nil,                         // 48: meridian.v1.JWTProviderSpec.ForwardClaimsEntry
+	(*durationpb.Duration)(nil), // 49: google.protobuf.Duration
 }
 var file_meridian_v1_resources_proto_depIdxs = []int32{
-	43, // 0: meridian.v1.Metadata.labels:type_name -> meridian.v1.Metadata.LabelsEntry
+	44, // 0: meridian.v1.Metadata.labels:type_name -> meridian.v1.Metadata.LabelsEntry
 	9,  // 1: meridian.v1.Resource.upstream:type_name -> meridian.v1.Upstream
 	19, // 2: meridian.v1.Resource.route:type_name -> meridian.v1.Route
 	31, // 3: meridian.v1.Resource.rate_limit:type_name -> meridian.v1.RateLimit
-	33, // 4: meridian.v1.Resource.circuit_breaker:type_name -> meridian.v1.CircuitBreaker
-	40, // 5: meridian.v1.Resource.jwt_provider:type_name -> meridian.v1.JWTProvider
+	34, // 4: meridian.v1.Resource.circuit_breaker:type_name -> meridian.v1.CircuitBreaker
+	41, // 5: meridian.v1.Resource.jwt_provider:type_name -> meridian.v1.JWTProvider
 	6,  // 6: meridian.v1.Upstream.metadata:type_name -> meridian.v1.Metadata
 	10, // 7: meridian.v1.Upstream.spec:type_name -> meridian.v1.UpstreamSpec
 	11, // 8: meridian.v1.UpstreamSpec.targets:type_name -> meridian.v1.Target
@@ -3329,61 +3413,63 @@ var file_meridian_v1_resources_proto_depIdxs = []int32{
 	1,  // 15: meridian.v1.LoadBalancer.policy:type_name -> meridian.v1.LoadBalancerPolicy
 	14, // 16: meridian.v1.HealthCheck.active:type_name -> meridian.v1.ActiveHealthCheck
 	15, // 17: meridian.v1.HealthCheck.passive:type_name -> meridian.v1.PassiveHealthCheck
-	48, // 18: meridian.v1.ActiveHealthCheck.interval:type_name -> google.protobuf.Duration
-	48, // 19: meridian.v1.ActiveHealthCheck.timeout:type_name -> google.protobuf.Duration
-	48, // 20: meridian.v1.PassiveHealthCheck.ejection_time:type_name -> google.protobuf.Duration
-	48, // 21: meridian.v1.ConnectionPool.idle_conn_timeout:type_name -> google.protobuf.Duration
-	48, // 22: meridian.v1.ConnectionPool.tls_handshake_timeout:type_name -> google.protobuf.Duration
-	48, // 23: meridian.v1.UpstreamTimeouts.connect:type_name -> google.protobuf.Duration
+	49, // 18: meridian.v1.ActiveHealthCheck.interval:type_name -> google.protobuf.Duration
+	49, // 19: meridian.v1.ActiveHealthCheck.timeout:type_name -> google.protobuf.Duration
+	49, // 20: meridian.v1.PassiveHealthCheck.ejection_time:type_name -> google.protobuf.Duration
+	49, // 21: meridian.v1.ConnectionPool.idle_conn_timeout:type_name -> google.protobuf.Duration
+	49, // 22: meridian.v1.ConnectionPool.tls_handshake_timeout:type_name -> google.protobuf.Duration
+	49, // 23: meridian.v1.UpstreamTimeouts.connect:type_name -> google.protobuf.Duration
 	6,  // 24: meridian.v1.Route.metadata:type_name -> meridian.v1.Metadata
 	20, // 25: meridian.v1.Route.spec:type_name -> meridian.v1.RouteSpec
 	21, // 26: meridian.v1.RouteSpec.match:type_name -> meridian.v1.RouteMatch
 	24, // 27: meridian.v1.RouteSpec.rewrite:type_name -> meridian.v1.Rewrite
 	25, // 28: meridian.v1.RouteSpec.headers:type_name -> meridian.v1.HeaderPolicy
-	48, // 29: meridian.v1.RouteSpec.timeout:type_name -> google.protobuf.Duration
+	49, // 29: meridian.v1.RouteSpec.timeout:type_name -> google.protobuf.Duration
 	27, // 30: meridian.v1.RouteSpec.retry:type_name -> meridian.v1.RetryPolicy
 	29, // 31: meridian.v1.RouteSpec.auth:type_name -> meridian.v1.RouteAuth
 	22, // 32: meridian.v1.RouteMatch.paths:type_name -> meridian.v1.PathMatch
 	23, // 33: meridian.v1.RouteMatch.headers:type_name -> meridian.v1.HeaderMatch
 	26, // 34: meridian.v1.HeaderPolicy.request:type_name -> meridian.v1.HeaderOps
 	26, // 35: meridian.v1.HeaderPolicy.response:type_name -> meridian.v1.HeaderOps
-	44, // 36: meridian.v1.HeaderOps.set:type_name -> meridian.v1.HeaderOps.SetEntry
-	45, // 37: meridian.v1.HeaderOps.add:type_name -> meridian.v1.HeaderOps.AddEntry
+	45, // 36: meridian.v1.HeaderOps.set:type_name -> meridian.v1.HeaderOps.SetEntry
+	46, // 37: meridian.v1.HeaderOps.add:type_name -> meridian.v1.HeaderOps.AddEntry
 	28, // 38: meridian.v1.RetryPolicy.backoff:type_name -> meridian.v1.Backoff
-	48, // 39: meridian.v1.Backoff.base:type_name -> google.protobuf.Duration
-	48, // 40: meridian.v1.Backoff.max:type_name -> google.protobuf.Duration
+	49, // 39: meridian.v1.Backoff.base:type_name -> google.protobuf.Duration
+	49, // 40: meridian.v1.Backoff.max:type_name -> google.protobuf.Duration
 	30, // 41: meridian.v1.RouteAuth.require_claims:type_name -> meridian.v1.ClaimRequirement
 	6,  // 42: meridian.v1.RateLimit.metadata:type_name -> meridian.v1.Metadata
 	32, // 43: meridian.v1.RateLimit.spec:type_name -> meridian.v1.RateLimitSpec
 	2,  // 44: meridian.v1.RateLimitSpec.scope:type_name -> meridian.v1.RateLimitScope
 	3,  // 45: meridian.v1.RateLimitSpec.algorithm:type_name -> meridian.v1.RateLimitAlgorithm
-	48, // 46: meridian.v1.RateLimitSpec.period:type_name -> google.protobuf.Duration
+	49, // 46: meridian.v1.RateLimitSpec.period:type_name -> google.protobuf.Duration
 	4,  // 47: meridian.v1.RateLimitSpec.on_store_failure:type_name -> meridian.v1.StoreFailurePolicy
-	6,  // 48: meridian.v1.CircuitBreaker.metadata:type_name -> meridian.v1.Metadata
-	34, // 49: meridian.v1.CircuitBreaker.spec:type_name -> meridian.v1.CircuitBreakerSpec
-	48, // 50: meridian.v1.CircuitBreakerSpec.window:type_name -> google.protobuf.Duration
-	48, // 51: meridian.v1.CircuitBreakerSpec.bucket:type_name -> google.protobuf.Duration
-	35, // 52: meridian.v1.CircuitBreakerSpec.trip:type_name -> meridian.v1.TripConditions
-	37, // 53: meridian.v1.CircuitBreakerSpec.open:type_name -> meridian.v1.OpenPolicy
-	38, // 54: meridian.v1.CircuitBreakerSpec.half_open:type_name -> meridian.v1.HalfOpenPolicy
-	5,  // 55: meridian.v1.CircuitBreakerSpec.scope:type_name -> meridian.v1.BreakerScope
-	39, // 56: meridian.v1.CircuitBreakerSpec.fallback:type_name -> meridian.v1.Fallback
-	36, // 57: meridian.v1.TripConditions.latency:type_name -> meridian.v1.LatencyTrip
-	48, // 58: meridian.v1.LatencyTrip.threshold:type_name -> google.protobuf.Duration
-	48, // 59: meridian.v1.OpenPolicy.duration:type_name -> google.protobuf.Duration
-	48, // 60: meridian.v1.OpenPolicy.max_duration:type_name -> google.protobuf.Duration
-	46, // 61: meridian.v1.Fallback.headers:type_name -> meridian.v1.Fallback.HeadersEntry
-	6,  // 62: meridian.v1.JWTProvider.metadata:type_name -> meridian.v1.Metadata
-	41, // 63: meridian.v1.JWTProvider.spec:type_name -> meridian.v1.JWTProviderSpec
-	42, // 64: meridian.v1.JWTProviderSpec.keys:type_name -> meridian.v1.JWTKey
-	48, // 65: meridian.v1.JWTProviderSpec.clock_skew:type_name -> google.protobuf.Duration
-	47, // 66: meridian.v1.JWTProviderSpec.forward_claims:type_name -> meridian.v1.JWTProviderSpec.ForwardClaimsEntry
-	48, // 67: meridian.v1.JWTProviderSpec.jwks_refresh_interval:type_name -> google.protobuf.Duration
-	68, // [68:68] is the sub-list for method output_type
-	68, // [68:68] is the sub-list for method input_type
-	68, // [68:68] is the sub-list for extension type_name
-	68, // [68:68] is the sub-list for extension extendee
-	0,  // [0:68] is the sub-list for field type_name
+	33, // 48: meridian.v1.RateLimitSpec.queue:type_name -> meridian.v1.RateLimitQueue
+	49, // 49: meridian.v1.RateLimitQueue.max_wait:type_name -> google.protobuf.Duration
+	6,  // 50: meridian.v1.CircuitBreaker.metadata:type_name -> meridian.v1.Metadata
+	35, // 51: meridian.v1.CircuitBreaker.spec:type_name -> meridian.v1.CircuitBreakerSpec
+	49, // 52: meridian.v1.CircuitBreakerSpec.window:type_name -> google.protobuf.Duration
+	49, // 53: meridian.v1.CircuitBreakerSpec.bucket:type_name -> google.protobuf.Duration
+	36, // 54: meridian.v1.CircuitBreakerSpec.trip:type_name -> meridian.v1.TripConditions
+	38, // 55: meridian.v1.CircuitBreakerSpec.open:type_name -> meridian.v1.OpenPolicy
+	39, // 56: meridian.v1.CircuitBreakerSpec.half_open:type_name -> meridian.v1.HalfOpenPolicy
+	5,  // 57: meridian.v1.CircuitBreakerSpec.scope:type_name -> meridian.v1.BreakerScope
+	40, // 58: meridian.v1.CircuitBreakerSpec.fallback:type_name -> meridian.v1.Fallback
+	37, // 59: meridian.v1.TripConditions.latency:type_name -> meridian.v1.LatencyTrip
+	49, // 60: meridian.v1.LatencyTrip.threshold:type_name -> google.protobuf.Duration
+	49, // 61: meridian.v1.OpenPolicy.duration:type_name -> google.protobuf.Duration
+	49, // 62: meridian.v1.OpenPolicy.max_duration:type_name -> google.protobuf.Duration
+	47, // 63: meridian.v1.Fallback.headers:type_name -> meridian.v1.Fallback.HeadersEntry
+	6,  // 64: meridian.v1.JWTProvider.metadata:type_name -> meridian.v1.Metadata
+	42, // 65: meridian.v1.JWTProvider.spec:type_name -> meridian.v1.JWTProviderSpec
+	43, // 66: meridian.v1.JWTProviderSpec.keys:type_name -> meridian.v1.JWTKey
+	49, // 67: meridian.v1.JWTProviderSpec.clock_skew:type_name -> google.protobuf.Duration
+	48, // 68: meridian.v1.JWTProviderSpec.forward_claims:type_name -> meridian.v1.JWTProviderSpec.ForwardClaimsEntry
+	49, // 69: meridian.v1.JWTProviderSpec.jwks_refresh_interval:type_name -> google.protobuf.Duration
+	70, // [70:70] is the sub-list for method output_type
+	70, // [70:70] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_resources_proto_init() }
@@ -3415,7 +3501,7 @@ func file_meridian_v1_resources_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_resources_proto_rawDesc), len(file_meridian_v1_resources_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   42,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -159,6 +159,28 @@ spec:
 EOF
 }
 
+# meridian_config_ratelimit FILE: the one-route config of meridian_config
+# with a global (Redis) token-bucket RateLimit on the route, keyed on the
+# client address, whose limit is never reached: every request costs a
+# decision (one hot key, so concurrent ones are coalesced into one script
+# call) but none is rejected.
+meridian_config_ratelimit() {
+	meridian_config "$1"
+	cat >>"$1" <<EOF
+  rateLimits: [bench]
+---
+apiVersion: meridian/v1
+kind: RateLimit
+metadata: {name: bench}
+spec:
+  scope: global
+  algorithm: token_bucket
+  limit: 1000000000
+  period: 1s
+  key: [client_ip]
+EOF
+}
+
 # meridian_config_routes FILE N: the same plus N routes to a decoy upstream
 # (a closed port): a third each exact, prefix and two-parameter template,
 # most of them under /api/v1/ like the request path.

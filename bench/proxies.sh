@@ -7,14 +7,16 @@
 # (-t1 -c50) hits, in turn, the upstream directly, each proxy, Meridian
 # with 10,000 extra routes and Meridian with its route behind JWT
 # authentication (RS256: every request carries the same token, verified
-# once and then served from the verified-token cache); ROUNDS rounds interleave the targets (the order
+# once and then served from the verified-token cache) and Meridian with a
+# global rate limit counted in Redis (redis-server on CPU_LOAD) that never
+# limits; ROUNDS rounds interleave the targets (the order
 # rotates each round) so a noisy neighbour hurts every target alike. Medians
 # over rounds are printed with the ratios the project tracks
 # (docs/benchmarks.md).
 #
 # CPU layout (made for a 2-core machine; override with CPU_LOAD / CPU_PROXY):
 #   CPU_LOAD  (default 0): wrk, the upstream nginx, the control planes (idle
-#                          while measuring)
+#                          while measuring), redis-server
 #   CPU_PROXY (default 1): the proxy under test. Every proxy gets this one
 #                          core: nginx and HAProxy run one worker/thread, Go
 #                          programs (Caddy, bareproxy, Meridian) derive
@@ -26,7 +28,7 @@
 #   RESULTS (a file to copy the per-round results to, tab-separated: round,
 #   target, req/s, p50 ms, p99 ms, errors, req/CPU-s), TARGETS (the targets
 #   to measure, space-separated, from: direct nginx haproxy caddy bareproxy
-#   meridian meridian-10k meridian-jwt; default all of them; ratios are printed for the
+#   meridian meridian-10k meridian-jwt meridian-rl; default all of them; ratios are printed for the
 #   pairs measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +41,7 @@ ROUTES=${ROUTES:-10000}
 BUILD=${BUILD:-1}
 CPU_LOAD=${CPU_LOAD:-0}
 CPU_PROXY=${CPU_PROXY:-1}
-ALL_TARGETS="direct nginx haproxy caddy bareproxy meridian meridian-10k meridian-jwt"
+ALL_TARGETS="direct nginx haproxy caddy bareproxy meridian meridian-10k meridian-jwt meridian-rl"
 read -r -a TARGETS <<<"${TARGETS:-$ALL_TARGETS}"
 for t in "${TARGETS[@]}"; do
 	case " $ALL_TARGETS " in *" $t "*) ;; *) echo "$0: TARGETS: unknown target $t (known: $ALL_TARGETS)" >&2; exit 2 ;; esac
@@ -52,12 +54,14 @@ need nginx wrk curl taskset ss go pgrep
 if wanted haproxy; then need haproxy; fi
 if wanted caddy; then need caddy; fi
 if wanted meridian-jwt; then need openssl; fi
+if wanted meridian-rl; then need redis-server redis-cli; fi
 CLK_TCK=$(getconf CLK_TCK)
 
 # ------------------------------------------------------------------ versions
 echo "== versions"
 nginx -v 2>&1
 if wanted haproxy; then haproxy -v | sed -n 1p; fi
+if wanted meridian-rl; then redis-server --version; fi
 if wanted caddy; then echo "caddy $(caddy version)"; fi
 go version
 { wrk -v 2>&1 || true; } | sed -n 1p
@@ -182,12 +186,26 @@ if wanted meridian-jwt; then
 	meridian_config_jwt "$TMP/meridian-jwt.yaml" "$TMP/jwt-pub.pem"
 	start_meridian meridian-jwt "$TMP/meridian-jwt.yaml" "$ROOT/bin/dataplane"
 fi
+if wanted meridian-rl; then
+	claim_port redis
+	start redis "$CPU_LOAD" redis-server --port "$redis" --bind 127.0.0.1 --save "" --appendonly no
+	meridian_config_ratelimit "$TMP/meridian-rl.yaml"
+	start_meridian meridian-rl "$TMP/meridian-rl.yaml" "$ROOT/bin/dataplane" MERIDIAN_REDIS="127.0.0.1:$redis"
+fi
 
 for t in "${TARGETS[@]}"; do
 	# A target that wants a token must refuse a request without one.
 	wait_http "$t" "http://127.0.0.1:${PORT[$t]}$REQ_PATH" "$([ -n "${AUTH[$t]:-}" ] && echo 401 || echo 200)"
 	check_body "$t"
 done
+if wanted meridian-rl; then
+	# Proof the limit is live and counted in Redis: the policy header is
+	# sent, and the script ran.
+	curl -s -D - -o /dev/null "http://127.0.0.1:${PORT[meridian-rl]}$REQ_PATH" | grep -qi '^RateLimit-Policy: "bench"' ||
+		{ echo "$0: meridian-rl answers without its RateLimit-Policy header" >&2; exit 1; }
+	[ "$(redis-cli -p "$redis" info commandstats | grep -c 'cmdstat_eval')" -gt 0 ] ||
+		{ echo "$0: meridian-rl made no Redis script call" >&2; exit 1; }
+fi
 if wanted meridian-10k; then
 	# Proof the extra routes are live: a generated route answers from the decoy.
 	wait_http meridian-10k "http://127.0.0.1:${PORT[meridian-10k]}/svc-1/x" 502
@@ -284,4 +302,5 @@ report "Meridian / nginx" meridian nginx
 report "Meridian / HAProxy" meridian haproxy
 report "Meridian $ROUTES routes / 1 >=0.97" meridian-10k meridian 0.97
 report "Meridian JWT RS256 / no auth >=0.9" meridian-jwt meridian 0.90
+report "Meridian global rate limit / none >=0.8" meridian-rl meridian 0.80
 if [ -n "${RESULTS:-}" ]; then cp "$TMP/results.tsv" "$RESULTS"; fi

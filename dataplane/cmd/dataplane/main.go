@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,10 +22,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/meridian-gw/meridian/dataplane/internal/admin"
 	"github.com/meridian-gw/meridian/dataplane/internal/cache"
+	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
 	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
+	"github.com/meridian-gw/meridian/dataplane/internal/ratelimit/global"
 	"github.com/meridian-gw/meridian/dataplane/internal/server"
 	cpsync "github.com/meridian-gw/meridian/dataplane/internal/sync"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -57,7 +62,8 @@ type options struct {
 	cacheDir     string
 	adminListen  string
 	pprof        bool
-	redis        string
+	redis        *redis.UniversalOptions // nil: no --redis
+	redisTimeout time.Duration
 	logLevel     slog.Level
 	version      bool
 }
@@ -95,7 +101,13 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	cacheDir := fs.String("cache-dir", "./dataplane-cache", "directory of the last-known-good snapshot")
 	adminListen := fs.String("admin-listen", "127.0.0.1:9901", "admin listen address (/healthz, /readyz, /config)")
 	pprofOn := fs.Bool("pprof", false, "serve Go runtime profiles (net/http/pprof) under /debug/pprof/ on the admin listener")
-	redis := fs.String("redis", "", "Redis address for global rate limits (accepted, not used yet)")
+	redisAddrs := fs.String("redis", "", "Redis for global rate limits: host:port; several comma-separated are Cluster seeds, or Sentinels with --redis-master-name (default none: global limits apply onStoreFailure)")
+	redisMaster := fs.String("redis-master-name", "", "Sentinel master name; --redis then lists Sentinel addresses")
+	redisCluster := fs.Bool("redis-cluster", false, "treat a single --redis address as a Redis Cluster seed")
+	redisUser := fs.String("redis-username", "", "Redis ACL user name; the password is read from the MERIDIAN_REDIS_PASSWORD environment variable (and MERIDIAN_REDIS_SENTINEL_PASSWORD for Sentinels), never a flag")
+	redisDB := fs.Int("redis-db", 0, "Redis database number (standalone and Sentinel)")
+	redisTLS := fs.Bool("redis-tls", false, "connect to Redis over TLS, verified against the system roots")
+	redisTimeout := fs.Duration("redis-timeout", global.DefaultTimeout, "bound on each rate limit decision sent to Redis; past it the limit's onStoreFailure policy applies")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
@@ -131,7 +143,8 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 
 	o := &options{
 		listen: *listen, tlsListen: *tlsListen, certFiles: certFiles, keyFiles: keyFiles,
-		nodeID: *nodeID, cacheDir: *cacheDir, adminListen: *adminListen, pprof: *pprofOn, redis: *redis, version: *showVersion,
+		nodeID: *nodeID, cacheDir: *cacheDir, adminListen: *adminListen, pprof: *pprofOn, version: *showVersion,
+		redisTimeout: *redisTimeout,
 		drainTimeout: *drainTimeout,
 		server: server.Config{
 			ReadHeaderTimeout: *readHeaderTimeout, ReadTimeout: *readTimeout, WriteTimeout: *writeTimeout,
@@ -170,6 +183,12 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	if o.labels, err = parseLabels(*labels); err != nil {
 		return nil, fmt.Errorf("%w: --labels: %v", errUsage, err)
 	}
+	if o.redis, err = redisOptions(*redisAddrs, *redisMaster, *redisCluster, *redisUser, *redisDB, *redisTLS, lookupEnv); err != nil {
+		return nil, fmt.Errorf("%w: --redis: %v", errUsage, err)
+	}
+	if *redisTimeout <= 0 {
+		return nil, fmt.Errorf("%w: --redis-timeout: must be positive", errUsage)
+	}
 	if err := o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return nil, fmt.Errorf("%w: --log-level: %q is not debug, info, warn or error", errUsage, *logLevel)
 	}
@@ -187,6 +206,50 @@ func appendList(list []string, v string) []string {
 }
 
 // parsePrefixes parses comma-separated CIDRs; a bare IP is a one-address
+
+// redisOptions builds the go-redis universal client options for the
+// --redis flags: one address is standalone (or a Cluster seed with
+// cluster), several are Cluster seeds, and a master name makes them
+// Sentinels. Passwords come from the environment so they never show in
+// process listings or logs. It returns nil when addrs is empty.
+func redisOptions(addrs, master string, cluster bool, user string, db int, useTLS bool, lookupEnv func(string) (string, bool)) (*redis.UniversalOptions, error) {
+	var list []string
+	for _, a := range strings.Split(addrs, ",") {
+		if a = strings.TrimSpace(a); a == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, fmt.Errorf("%q is not host:port", a)
+		}
+		list = append(list, a)
+	}
+	if len(list) == 0 {
+		if master != "" || cluster {
+			return nil, errors.New("--redis-master-name and --redis-cluster need --redis addresses")
+		}
+		return nil, nil
+	}
+	if master != "" && cluster {
+		return nil, errors.New("--redis-master-name (Sentinel) and --redis-cluster exclude each other")
+	}
+	if db < 0 {
+		return nil, errors.New("--redis-db must not be negative")
+	}
+	if db != 0 && (cluster || len(list) > 1 && master == "") {
+		return nil, errors.New("--redis-db is not supported by Redis Cluster")
+	}
+	o := &redis.UniversalOptions{
+		Addrs: list, MasterName: master, IsClusterMode: cluster,
+		Username: user, DB: db,
+	}
+	o.Password, _ = lookupEnv("MERIDIAN_REDIS_PASSWORD")
+	o.SentinelPassword, _ = lookupEnv("MERIDIAN_REDIS_SENTINEL_PASSWORD")
+	if useTLS {
+		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	return o, nil
+}
+
 // prefix.
 func parsePrefixes(s string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
@@ -254,9 +317,6 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		return 0
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
-	if o.redis != "" {
-		log.Info("--redis is accepted but not used yet", "redis", o.redis)
-	}
 
 	certs, err := server.LoadCertificates(o.certFiles, o.keyFiles)
 	if err != nil {
@@ -264,7 +324,17 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		return 1
 	}
 
-	gw := gateway.New(log)
+	ip := clientip.New(o.trusted)
+	gwOpts := gateway.Options{Logger: log, ClientIP: ip}
+	if o.redis != nil {
+		rc := global.NewClient(o.redis)
+		defer rc.Close()
+		// The client connects lazily; a Redis that is down at boot only
+		// means onStoreFailure until it comes up.
+		gwOpts.Redis = global.New(rc, global.Options{Timeout: o.redisTimeout, Logger: log})
+		log.Info("global rate limits counted in Redis", "redis", o.redis.Addrs, "sentinel_master", o.redis.MasterName)
+	}
+	gw := gateway.New(gwOpts)
 	defer gw.Close()
 	store := cache.New(o.cacheDir)
 	loadCache(ctx, gw, store, log)
@@ -318,7 +388,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	srvConfig := o.server
 	srvConfig.Certificates = certs
 	srvConfig.ErrorLog = errorLog
-	traffic := server.New(gw.Handler(proxy.HandlerConfig{TrustedProxies: o.trusted}), srvConfig)
+	traffic := server.New(gw.Handler(proxy.HandlerConfig{ClientIP: ip}), srvConfig)
 	var readiness server.Readiness
 	adminSrv := &http.Server{
 		Handler:           readiness.Wrap(admin.Handler(gw, client, admin.Options{Pprof: o.pprof})),

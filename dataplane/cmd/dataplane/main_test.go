@@ -116,6 +116,39 @@ func TestParseFlags(t *testing.T) {
 					t.Errorf("options = %v %v %v", o.certFiles, o.keyFiles, o.drainTimeout)
 				}
 			}},
+		{name: "no redis by default", check: func(t *testing.T, o *options) {
+			if o.redis != nil || o.redisTimeout != 50*time.Millisecond {
+				t.Errorf("redis = %+v, timeout %v", o.redis, o.redisTimeout)
+			}
+		}},
+		{name: "redis standalone, password from env only", args: []string{"--redis", "127.0.0.1:6379", "--redis-username", "gw", "--redis-db", "2", "--redis-timeout", "20ms"},
+			env: map[string]string{"MERIDIAN_REDIS_PASSWORD": "s3cret"},
+			check: func(t *testing.T, o *options) {
+				r := o.redis
+				if r == nil || strings.Join(r.Addrs, "|") != "127.0.0.1:6379" || r.Username != "gw" || r.Password != "s3cret" ||
+					r.DB != 2 || r.MasterName != "" || r.IsClusterMode || r.TLSConfig != nil || o.redisTimeout != 20*time.Millisecond {
+					t.Errorf("redis = %+v, timeout %v", r, o.redisTimeout)
+				}
+			}},
+		{name: "redis sentinel", args: []string{"--redis", "s1:26379,s2:26379", "--redis-master-name", "mymaster", "--redis-tls"},
+			env: map[string]string{"MERIDIAN_REDIS_SENTINEL_PASSWORD": "sp"},
+			check: func(t *testing.T, o *options) {
+				r := o.redis
+				if r == nil || len(r.Addrs) != 2 || r.MasterName != "mymaster" || r.SentinelPassword != "sp" || r.TLSConfig == nil {
+					t.Errorf("redis = %+v", r)
+				}
+			}},
+		{name: "redis cluster seed from env", env: map[string]string{"MERIDIAN_REDIS": "c1:7000", "MERIDIAN_REDIS_CLUSTER": "true"},
+			check: func(t *testing.T, o *options) {
+				if r := o.redis; r == nil || !r.IsClusterMode || r.Addrs[0] != "c1:7000" {
+					t.Errorf("redis = %+v", r)
+				}
+			}},
+		{name: "bad redis address", args: []string{"--redis", "nohostport"}, wantErr: "--redis"},
+		{name: "sentinel and cluster", args: []string{"--redis", "a:1", "--redis-master-name", "m", "--redis-cluster"}, wantErr: "exclude each other"},
+		{name: "master name without redis", args: []string{"--redis-master-name", "m"}, wantErr: "need --redis"},
+		{name: "db on cluster", args: []string{"--redis", "a:1,b:1", "--redis-db", "1"}, wantErr: "--redis-db"},
+		{name: "bad redis timeout", args: []string{"--redis", "a:1", "--redis-timeout", "0s"}, wantErr: "--redis-timeout"},
 		{name: "unpaired tls", args: []string{"--tls-cert", "a.pem,b.pem", "--tls-key", "a-key.pem"}, wantErr: "pairs"},
 		{name: "bad trusted proxy", args: []string{"--trusted-proxies", "10.0.0.0/8,nope"}, wantErr: "--trusted-proxies"},
 		{name: "negative timeout", args: []string{"--idle-timeout", "-1s"}, wantErr: "--idle-timeout"},
@@ -309,7 +342,7 @@ func (s *syncBuffer) String() string {
 func TestControlPlaneApplierWritesCache(t *testing.T) {
 	store := cache.New(t.TempDir())
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	gw := gateway.New(log)
+	gw := gateway.New(gateway.Options{Logger: log})
 	defer gw.Close()
 	a := controlPlaneApplier{gw: gw, cache: store, log: log}
 

@@ -12,9 +12,11 @@ import (
 	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
 )
 
-// ConfigSource returns the live configuration, or nil before the first one.
+// ConfigSource returns the live configuration, or nil before the first
+// one, and the fleet size the control plane last reported.
 type ConfigSource interface {
 	Current() *gateway.Config
+	FleetSize() int
 }
 
 // SyncStats counts the snapshots received from control planes.
@@ -33,6 +35,10 @@ type ConfigStatus struct {
 	// SnapshotsReceived counts snapshots received from any control plane
 	// since the process started (not those loaded from the cache).
 	SnapshotsReceived uint64 `json:"snapshotsReceived"`
+	// FleetSize is the number of connected data planes as the control
+	// plane last reported (1 until it does); global rate limits that fall
+	// back to local counting enforce their limit divided by it.
+	FleetSize int `json:"fleetSize"`
 }
 
 // Options are the admin endpoints that are off by default.
@@ -67,7 +73,7 @@ func Handler(cfg ConfigSource, stats SyncStats, o Options) http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	mux.HandleFunc("GET /config", func(w http.ResponseWriter, _ *http.Request) {
-		st := ConfigStatus{SnapshotsReceived: stats.Received()}
+		st := ConfigStatus{SnapshotsReceived: stats.Received(), FleetSize: cfg.FleetSize()}
 		if c := cfg.Current(); c != nil {
 			at := c.AppliedAt().UTC()
 			st.Version, st.Hash, st.Source, st.AppliedAt = c.Version(), c.Hash(), string(c.Source()), &at

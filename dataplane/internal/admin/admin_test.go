@@ -19,7 +19,7 @@ type counter uint64
 func (c counter) Received() uint64 { return uint64(c) }
 
 func TestAdmin(t *testing.T) {
-	g := gateway.New(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	g := gateway.New(gateway.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	defer g.Close()
 	h := Handler(g, counter(2), Options{})
 
@@ -40,7 +40,7 @@ func TestAdmin(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &empty); err != nil {
 		t.Fatal(err)
 	}
-	if empty["version"] != 0.0 || empty["appliedAt"] != nil || empty["snapshotsReceived"] != 2.0 || empty["source"] != "" {
+	if empty["version"] != 0.0 || empty["appliedAt"] != nil || empty["snapshotsReceived"] != 2.0 || empty["source"] != "" || empty["fleetSize"] != 1.0 {
 		t.Errorf("/config before apply = %s", body)
 	}
 
@@ -52,6 +52,7 @@ func TestAdmin(t *testing.T) {
 	if err := g.Apply(context.Background(), snap, gateway.SourceCache); err != nil {
 		t.Fatal(err)
 	}
+	g.SetFleetSize(3)
 	if code, _ := do("/readyz"); code != 200 {
 		t.Errorf("/readyz = %d after config, want 200", code)
 	}
@@ -60,13 +61,13 @@ func TestAdmin(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &st); err != nil {
 		t.Fatal(err)
 	}
-	if st.Version != 9 || st.Hash != snap.GetHash() || st.Source != "cache" || st.AppliedAt == nil || st.SnapshotsReceived != 2 {
+	if st.Version != 9 || st.Hash != snap.GetHash() || st.Source != "cache" || st.AppliedAt == nil || st.SnapshotsReceived != 2 || st.FleetSize != 3 {
 		t.Errorf("/config = %s", body)
 	}
 }
 
 func TestPprof(t *testing.T) {
-	g := gateway.New(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	g := gateway.New(gateway.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	defer g.Close()
 	tests := []struct {
 		name string

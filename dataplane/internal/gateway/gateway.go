@@ -18,12 +18,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
+	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
 	"github.com/meridian-gw/meridian/dataplane/internal/middleware/jwt"
-	"github.com/meridian-gw/meridian/dataplane/internal/middleware/ratelimit"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
-	"github.com/meridian-gw/meridian/dataplane/internal/ratelimit/local"
 	"github.com/meridian-gw/meridian/dataplane/internal/router"
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
 	"github.com/meridian-gw/meridian/proto/config"
@@ -60,17 +57,9 @@ type Config struct {
 	// spec did not change is carried over, keys, JWKS and token cache and
 	// all.
 	providers map[string]*jwt.Provider
-	// limits are the local-scope RateLimits by name; a RateLimit whose
-	// spec did not change keeps its store, so its buckets survive the
-	// push. Global-scope RateLimits have no entry: global scope is
-	// enforced in a later change, and routes naming one are unlimited.
+	// limits are the RateLimits by name; a RateLimit whose spec did not
+	// change is carried over, so its buckets survive the push.
 	limits map[string]*rateLimit
-}
-
-// rateLimit is one compiled local-scope RateLimit.
-type rateLimit struct {
-	spec  *meridianv1.RateLimitSpec
-	store *local.Store
 }
 
 // Version returns the snapshot version.
@@ -108,6 +97,17 @@ func (c *Config) Allow(r *http.Request) string {
 	return c.table.Allow(r)
 }
 
+// Options are a Gateway's process-wide collaborators.
+type Options struct {
+	// Logger receives configuration and rate limit events.
+	Logger *slog.Logger
+	// ClientIP resolves client_ip rate limit keys; nil trusts no proxy.
+	ClientIP *clientip.Resolver
+	// Redis decides global-scope RateLimits; nil (no --redis) leaves
+	// every decision of theirs to their onStoreFailure policy.
+	Redis GlobalStore
+}
+
 // Gateway holds the live Config and applies new snapshots.
 type Gateway struct {
 	mu       sync.Mutex // serialises Apply
@@ -116,6 +116,12 @@ type Gateway struct {
 	log      *slog.Logger
 	errorLog *log.Logger
 	now      func() time.Time
+	ip       *clientip.Resolver
+	redis    GlobalStore
+	// fleet is the number of connected data planes as the control plane
+	// last said; global limits falling back to local counting enforce
+	// their limit divided by it. 1 until told otherwise.
+	fleet atomic.Int64
 
 	// The sweeper drops idle keys from the live Config's rate limit
 	// stores. Apply starts it with the first store (so a Gateway without
@@ -127,13 +133,26 @@ type Gateway struct {
 }
 
 // New returns a Gateway with no configuration.
-func New(logger *slog.Logger) *Gateway {
-	return &Gateway{
+func New(opts Options) *Gateway {
+	g := &Gateway{
 		buffers:  proxy.NewBufferPool(),
-		log:      logger,
-		errorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		log:      opts.Logger,
+		errorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
 		now:      time.Now,
+		ip:       opts.ClientIP,
+		redis:    opts.Redis,
 	}
+	g.fleet.Store(1)
+	return g
+}
+
+// FleetSize returns the fleet size last set with SetFleetSize, 1 before.
+func (g *Gateway) FleetSize() int { return int(g.fleet.Load()) }
+
+// SetFleetSize records how many data planes are connected fleet-wide
+// (from the control plane); values below 1 count as 1.
+func (g *Gateway) SetFleetSize(n int) {
+	g.fleet.Store(max(int64(n), 1))
 }
 
 // Current returns the live Config, or nil before the first Apply.
@@ -226,7 +245,7 @@ func (g *Gateway) startSweeper() {
 				if c := g.current.Load(); c != nil {
 					now := g.now()
 					for _, rl := range c.limits {
-						rl.store.Sweep(now)
+						rl.sweep(now)
 					}
 				}
 			}
@@ -265,61 +284,6 @@ func (g *Gateway) chain(route string, spec *meridianv1.RouteSpec, h http.Handler
 		return nil, &config.FieldError{Kind: config.KindRoute, Name: route, Path: "spec.auth.jwt", Msg: fmt.Sprintf("JWTProvider %q is not available", auth.GetJwt())}
 	}
 	return jwt.New(p, auth, claimsForBalancer(h))
-}
-
-// rateLimits wraps h in the route's local-scope RateLimits, in the order of
-// spec.rateLimits. A name without an entry in limits is a global-scope
-// RateLimit: global scope is enforced in a later change, so it is skipped.
-func (g *Gateway) rateLimits(route string, spec *meridianv1.RouteSpec, h http.Handler, limits map[string]*rateLimit) (http.Handler, error) {
-	var ls []ratelimit.Limit
-	for i, name := range spec.GetRateLimits() {
-		rl := limits[name]
-		if rl == nil {
-			continue
-		}
-		key, err := ratelimit.ParseKey(rl.spec.GetKey(), route)
-		if err != nil {
-			// Validate checks key parts; this is a guard, not a path.
-			return nil, &config.FieldError{Kind: config.KindRoute, Name: route, Path: fmt.Sprintf("spec.rateLimits[%d]", i), Msg: fmt.Sprintf("RateLimit %q: %v", name, err)}
-		}
-		ls = append(ls, ratelimit.Limit{
-			Name: name, Key: key, Limiter: rl.store,
-			Period: rl.spec.GetPeriod().AsDuration(), Shadow: rl.spec.GetShadow(),
-		})
-	}
-	if len(ls) == 0 {
-		return h, nil
-	}
-	return ratelimit.New(ls, ratelimit.Options{Route: route, Log: g.log, Now: g.now}, h), nil
-}
-
-// compileRateLimits builds a store for each local-scope RateLimit, reusing
-// live's store when the spec is unchanged so buckets survive the push.
-func compileRateLimits(rs []*meridianv1.Resource, live map[string]*rateLimit) (map[string]*rateLimit, config.ErrorList) {
-	limits := map[string]*rateLimit{}
-	var errs config.ErrorList
-	for _, r := range rs {
-		res := r.GetRateLimit()
-		if res == nil || res.GetSpec().GetScope() == meridianv1.RateLimitScope_RATE_LIMIT_SCOPE_GLOBAL {
-			continue
-		}
-		name := res.GetMetadata().GetName()
-		if old := live[name]; old != nil && proto.Equal(old.spec, res.GetSpec()) {
-			limits[name] = old
-			continue
-		}
-		if _, err := ratelimit.ParseKey(res.GetSpec().GetKey(), ""); err != nil {
-			errs = append(errs, &config.FieldError{Kind: config.KindRateLimit, Name: name, Path: "spec.key", Msg: err.Error()})
-			continue
-		}
-		store, err := local.New(res.GetSpec(), local.Options{})
-		if err != nil {
-			errs = append(errs, &config.FieldError{Kind: config.KindRateLimit, Name: name, Path: "spec", Msg: err.Error()})
-			continue
-		}
-		limits[name] = &rateLimit{spec: res.GetSpec(), store: store}
-	}
-	return limits, errs
 }
 
 // claimsForBalancer hands the verified claims to the upstream package, so
@@ -366,7 +330,7 @@ func (g *Gateway) compile(ctx context.Context, snap *meridianv1.Snapshot, prev *
 	if prev != nil {
 		liveLimits = prev.limits
 	}
-	limits, errs := compileRateLimits(rs, liveLimits)
+	limits, errs := g.compileRateLimits(rs, liveLimits)
 	c.limits = limits
 	for _, r := range rs {
 		jp := r.GetJwtProvider()

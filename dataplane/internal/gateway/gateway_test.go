@@ -55,8 +55,10 @@ func targets(addrs ...string) *meridianv1.UpstreamSpec {
 }
 
 func newGateway() *Gateway {
-	return New(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return New(Options{Logger: discardLogger()})
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func TestApplyAllOrNothing(t *testing.T) {
 	g := newGateway()

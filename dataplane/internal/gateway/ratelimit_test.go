@@ -2,15 +2,18 @@ package gateway
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
+	"github.com/meridian-gw/meridian/dataplane/internal/ratelimit/global"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
 
@@ -32,8 +35,8 @@ func limitedRoute(name, up, path string, limits ...string) *meridianv1.Resource 
 
 // TestRateLimitsSurviveUnrelatedPushes: a local RateLimit answers 429 once
 // its bucket is empty; a push that leaves the RateLimit unchanged keeps the
-// bucket, one that changes it starts afresh; a global-scope RateLimit is
-// not enforced yet.
+// bucket, one that changes it starts afresh; a global-scope RateLimit
+// without Redis falls back to counting locally.
 func TestRateLimitsSurviveUnrelatedPushes(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	up := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
@@ -77,8 +80,8 @@ func TestRateLimitsSurviveUnrelatedPushes(t *testing.T) {
 	}{
 		{"first request", nil, "/limited", http.StatusOK},
 		{"bucket empty", nil, "/limited", http.StatusTooManyRequests},
-		{"global scope is not enforced", nil, "/global", http.StatusOK},
-		{"global scope is not enforced again", nil, "/global", http.StatusOK},
+		{"global scope without Redis counts locally", nil, "/global", http.StatusOK},
+		{"global scope without Redis is still limited", nil, "/global", http.StatusTooManyRequests},
 		{"unrelated push keeps the bucket", func() {
 			apply(2, append(base, routeRes("other", "up", prefix("/other")))...)
 		}, "/limited", http.StatusTooManyRequests},
@@ -149,6 +152,97 @@ func TestRateLimitRunsAfterAuth(t *testing.T) {
 		}
 		if tt.want != http.StatusUnauthorized && resp.Header.Get("RateLimit") == "" {
 			t.Errorf("%s: no RateLimit header", tt.name)
+		}
+	}
+}
+
+// TestGlobalStoreFailure: with Redis unreachable (a real limiter dialing a
+// closed port), a global RateLimit follows its onStoreFailure policy; local
+// enforces this data plane's share of the limit at the fleet size the
+// control plane reported.
+func TestGlobalStoreFailure(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer up.Close()
+	dead := deadRedis(t)
+
+	tests := []struct {
+		name   string
+		policy meridianv1.StoreFailurePolicy
+		limit  uint64
+		fleet  int
+		want   []int
+	}{
+		{"local is the default", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_UNSPECIFIED, 2, 1, []int{200, 200, 429}},
+		{"local share of a fleet of 3", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_LOCAL, 6, 3, []int{200, 200, 429}},
+		{"local share rounds up", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_LOCAL, 1, 5, []int{200, 429}},
+		{"allow", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_ALLOW, 1, 1, []int{200, 200, 200}},
+		{"deny", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_DENY, 100, 1, []int{429, 429}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := New(Options{Logger: discardLogger(), Redis: dead})
+			defer g.Close()
+			g.SetFleetSize(tt.fleet)
+			rl := rateLimitRes("fleet", meridianv1.RateLimitScope_RATE_LIMIT_SCOPE_GLOBAL, tt.limit, "route")
+			rl.GetRateLimit().Spec.OnStoreFailure = tt.policy
+			if err := g.Apply(context.Background(), snapshot(1, upstreamRes("up", targets(up.Listener.Addr().String())), rl,
+				limitedRoute("r", "up", "/", "fleet")), SourceControlPlane); err != nil {
+				t.Fatal(err)
+			}
+			h := g.Handler(proxy.HandlerConfig{})
+			for i, want := range tt.want {
+				w := httptest.NewRecorder()
+				h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/", nil))
+				if w.Code != want {
+					t.Errorf("request %d: status %d, want %d", i+1, w.Code, want)
+				}
+				if w.Code == http.StatusTooManyRequests && w.Header().Get("Retry-After") == "" {
+					t.Errorf("request %d: 429 without Retry-After", i+1)
+				}
+			}
+			if got := g.Current().limits["fleet"].switches.Load(); got != 1 {
+				t.Errorf("%d switches to onStoreFailure counted, want 1", got)
+			}
+		})
+	}
+}
+
+// deadRedis returns a real global limiter whose Redis address refuses
+// connections.
+func deadRedis(t *testing.T) *global.Limiter {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	client := global.NewClient(&redis.UniversalOptions{Addrs: []string{addr}, MaxRetries: -1})
+	t.Cleanup(func() { client.Close() })
+	return global.New(client, global.Options{Logger: discardLogger()})
+}
+
+// TestAllRoutesLimit: a RateLimit with allRoutes applies to routes that do
+// not list it, and a route that lists it too is charged once.
+func TestAllRoutesLimit(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer up.Close()
+	every := rateLimitRes("everyone", meridianv1.RateLimitScope_RATE_LIMIT_SCOPE_LOCAL, 2, "route")
+	every.GetRateLimit().Spec.AllRoutes = true
+	g := newGateway()
+	defer g.Close()
+	if err := g.Apply(context.Background(), snapshot(1, upstreamRes("up", targets(up.Listener.Addr().String())), every,
+		routeRes("plain", "up", prefix("/plain")), limitedRoute("listed", "up", "/listed", "everyone")), SourceControlPlane); err != nil {
+		t.Fatal(err)
+	}
+	h := g.Handler(proxy.HandlerConfig{})
+	for _, path := range []string{"/plain", "/listed"} {
+		for i, want := range []int{200, 200, 429} {
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, path, nil))
+			if w.Code != want {
+				t.Errorf("%s request %d: status %d, want %d", path, i+1, w.Code, want)
+			}
 		}
 	}
 }

@@ -48,7 +48,7 @@ func TestErrorStatuses(t *testing.T) {
 		}
 	}))
 
-	g := gateway.New(discard())
+	g := gateway.New(gateway.Options{Logger: discard()})
 	defer g.Close()
 	apply(t, g, 1,
 		upstreamRes("read", addr(readAll)), upstreamRes("slow", addr(slow)),
@@ -130,7 +130,7 @@ func TestOutcomesFeedEjection(t *testing.T) {
 	up.GetUpstream().Spec.HealthCheck = &meridianv1.HealthCheck{Passive: &meridianv1.PassiveHealthCheck{
 		ConsecutiveFailures: 2, EjectionTime: durationpb.New(time.Hour), MaxEjectionPercent: 50,
 	}}
-	g := gateway.New(discard())
+	g := gateway.New(gateway.Options{Logger: discard()})
 	defer g.Close()
 	apply(t, g, 1, up, routeRes("r", &meridianv1.RouteSpec{Upstream: "mixed", Match: match(prefix("/"))}))
 	front := httptestServer(t, g.Handler(proxy.HandlerConfig{}))

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
 )
 
@@ -252,7 +253,7 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, t *upstream.Tar
 	}
 	// X-Forwarded-*: what is left on the client's request was sent by a
 	// trusted proxy (Handler dropped the rest) and is extended.
-	fw.vals[0] = peerHost(r.RemoteAddr)
+	fw.vals[0] = clientip.PeerHost(r.RemoteAddr)
 	if prior := in[headerForwardedFor]; len(prior) > 0 {
 		fw.vals[0] = strings.Join(prior, ", ") + ", " + fw.vals[0]
 	}

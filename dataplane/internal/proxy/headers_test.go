@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
 	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -15,12 +16,12 @@ import (
 
 func TestForwardedTrust(t *testing.T) {
 	up := echo(t, "up")
-	g := gateway.New(discard())
+	g := gateway.New(gateway.Options{Logger: discard()})
 	defer g.Close()
 	apply(t, g, 1, upstreamRes("up", addr(up)), routeRes("r", &meridianv1.RouteSpec{Upstream: "up", Match: match(prefix("/"))}))
-	h := g.Handler(proxy.HandlerConfig{TrustedProxies: []netip.Prefix{
+	h := g.Handler(proxy.HandlerConfig{ClientIP: clientip.New([]netip.Prefix{
 		netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32"),
-	}})
+	})})
 
 	spoofed := http.Header{
 		"X-Forwarded-For":   {"1.2.3.4"},
@@ -82,7 +83,7 @@ func TestRequestID(t *testing.T) {
 		json.NewEncoder(w).Encode(seen{Header: r.Header})
 	}))
 	defer own.Close()
-	g := gateway.New(discard())
+	g := gateway.New(gateway.Options{Logger: discard()})
 	defer g.Close()
 	apply(t, g, 1,
 		upstreamRes("up", addr(up)), upstreamRes("own", addr(own)),
@@ -139,7 +140,7 @@ func TestRequestID(t *testing.T) {
 }
 
 func TestRequestIDsDiffer(t *testing.T) {
-	g := gateway.New(discard())
+	g := gateway.New(gateway.Options{Logger: discard()})
 	h := g.Handler(proxy.HandlerConfig{})
 	ids := map[string]bool{}
 	for range 1000 {

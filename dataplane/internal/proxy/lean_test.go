@@ -22,7 +22,7 @@ import (
 func leanGateway(t *testing.T, h http.Handler) string {
 	t.Helper()
 	up := httptestServer(t, h)
-	g := gateway.New(discard())
+	g := gateway.New(gateway.Options{Logger: discard()})
 	t.Cleanup(g.Close)
 	apply(t, g, 1, upstreamRes("up", addr(up)), routeRes("r", &meridianv1.RouteSpec{Upstream: "up", Match: match(prefix("/"))}))
 	return "http://" + addr(httptestServer(t, g.Handler(proxy.HandlerConfig{})))

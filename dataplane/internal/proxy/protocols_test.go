@@ -35,7 +35,7 @@ func gatewayTo(t *testing.T, upstreamAddr string, scheme meridianv1.Scheme) stri
 	t.Helper()
 	up := upstreamRes("up", upstreamAddr)
 	up.GetUpstream().Spec.Scheme = scheme
-	g := gateway.New(discard())
+	g := gateway.New(gateway.Options{Logger: discard()})
 	t.Cleanup(g.Close)
 	apply(t, g, 1, up, routeRes("r", &meridianv1.RouteSpec{
 		Upstream: "up", Match: match(prefix("/")), Timeout: durationpb.New(shortTimeout),

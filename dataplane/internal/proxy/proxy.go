@@ -12,10 +12,10 @@ import (
 	"encoding/hex"
 	"math/rand/v2"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"strings"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
 	"github.com/meridian-gw/meridian/dataplane/internal/router"
 )
 
@@ -33,22 +33,22 @@ type Routes interface {
 
 // HandlerConfig is the process-wide part of the traffic handler.
 type HandlerConfig struct {
-	// TrustedProxies are the peers whose X-Forwarded-For, -Proto and -Host
-	// are believed and extended. From any other peer they are dropped and
-	// replaced with what this hop sees. Empty trusts no one.
-	TrustedProxies []netip.Prefix
+	// ClientIP knows the trusted proxies: peers whose X-Forwarded-For,
+	// -Proto and -Host are believed and extended. From any other peer they
+	// are dropped and replaced with what this hop sees. Nil trusts no one.
+	ClientIP *clientip.Resolver
 }
 
 // Handler is the traffic http.Handler.
 type Handler struct {
 	current func() Routes
-	trusted []netip.Prefix
+	ip      *clientip.Resolver
 }
 
 // NewHandler returns a Handler that calls current once per request to get
 // the live configuration; current returns nil while none is applied.
 func NewHandler(current func() Routes, c HandlerConfig) *Handler {
-	return &Handler{current: current, trusted: c.TrustedProxies}
+	return &Handler{current: current, ip: c.ClientIP}
 }
 
 // Canned JSON bodies, allocated once.
@@ -139,44 +139,13 @@ func (h *Handler) checkForwarded(r *http.Request) {
 	if hdr[headerForwardedFor] == nil && hdr[headerForwardedProto] == nil && hdr[headerForwardedHost] == nil && hdr[headerForwardedRFC] == nil {
 		return
 	}
-	if h.trustedPeer(r.RemoteAddr) {
+	if h.ip.TrustedPeer(r.RemoteAddr) {
 		return
 	}
 	delete(hdr, headerForwardedFor)
 	delete(hdr, headerForwardedProto)
 	delete(hdr, headerForwardedHost)
 	delete(hdr, headerForwardedRFC)
-}
-
-func (h *Handler) trustedPeer(remoteAddr string) bool {
-	if len(h.trusted) == 0 {
-		return false
-	}
-	ip, err := netip.ParseAddr(peerHost(remoteAddr))
-	if err != nil {
-		return false
-	}
-	ip = ip.Unmap()
-	for _, p := range h.trusted {
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
-}
-
-// peerHost returns the host of a "host:port" or "[v6]:port" address
-// without allocating.
-func peerHost(addr string) string {
-	i := strings.LastIndexByte(addr, ':')
-	if i < 0 {
-		return addr
-	}
-	host := addr[:i]
-	if len(host) > 1 && host[0] == '[' && host[len(host)-1] == ']' {
-		host = host[1 : len(host)-1]
-	}
-	return host
 }
 
 // newRequestID returns 16 random bytes in hex. math/rand/v2's top-level

@@ -102,7 +102,7 @@ func deadAddr(t testing.TB) string {
 
 func TestProxy(t *testing.T) {
 	users, orders := echo(t, "users"), echo(t, "orders")
-	g := gateway.New(discard())
+	g := gateway.New(gateway.Options{Logger: discard()})
 	defer g.Close()
 	apply(t, g, 1,
 		upstreamRes("users", addr(users)),
@@ -255,7 +255,7 @@ func get(t *testing.T, url string) (int, string) {
 
 func TestRoundRobin(t *testing.T) {
 	a, b := echo(t, "a"), echo(t, "b")
-	g := gateway.New(discard())
+	g := gateway.New(gateway.Options{Logger: discard()})
 	defer g.Close()
 	apply(t, g, 1, upstreamRes("ab", addr(a), addr(b)), routeRes("r", &meridianv1.RouteSpec{Upstream: "ab", Match: match(prefix("/"))}))
 	front := httptest.NewServer(g.Handler(proxy.HandlerConfig{}))
@@ -274,7 +274,7 @@ func TestRoundRobin(t *testing.T) {
 }
 
 func TestNoConfig(t *testing.T) {
-	g := gateway.New(discard())
+	g := gateway.New(gateway.Options{Logger: discard()})
 	front := httptest.NewServer(g.Handler(proxy.HandlerConfig{}))
 	defer front.Close()
 	if status, _ := get(t, front.URL+"/"); status != http.StatusServiceUnavailable {
@@ -309,7 +309,7 @@ func TestRouteTimeout(t *testing.T) {
 	}))
 	defer slow.Close()
 	defer close(release)
-	g := gateway.New(discard())
+	g := gateway.New(gateway.Options{Logger: discard()})
 	defer g.Close()
 	apply(t, g, 1, upstreamRes("slow", addr(slow)), routeRes("r", &meridianv1.RouteSpec{
 		Upstream: "slow", Match: match(prefix("/")), Timeout: durationpb.New(50 * time.Millisecond),
@@ -335,7 +335,7 @@ func TestSwapWhileInFlight(t *testing.T) {
 	}))
 	defer fresh.Close()
 
-	g := gateway.New(discard())
+	g := gateway.New(gateway.Options{Logger: discard()})
 	defer g.Close()
 	route := routeRes("r", &meridianv1.RouteSpec{Upstream: "u", Match: match(prefix("/"))})
 	apply(t, g, 1, upstreamRes("u", addr(old)), route)
@@ -398,7 +398,7 @@ func runProxyBench(b *testing.B, h http.Handler) {
 // is the floor: httputil.ReverseProxy with the same transport defaults.
 func BenchmarkProxy(b *testing.B) {
 	srv := benchUpstream(b)
-	g := gateway.New(discard())
+	g := gateway.New(gateway.Options{Logger: discard()})
 	defer g.Close()
 	apply(b, g, 1, upstreamRes("users", addr(srv)), routeRes("r", &meridianv1.RouteSpec{
 		Upstream: "users", Match: match(prefix("/api/users")),

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
 	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -272,7 +273,7 @@ func (rt *Route) rewrite(pr *httputil.ProxyRequest) {
 	// One backing array for both new values; each slice's capacity is its
 	// length, so an append elsewhere copies instead of overwriting.
 	vals := make([]string, 2)
-	vals[0] = peerHost(in.RemoteAddr)
+	vals[0] = clientip.PeerHost(in.RemoteAddr)
 	if prior := in.Header[headerForwardedFor]; len(prior) > 0 {
 		vals[0] = strings.Join(prior, ", ") + ", " + vals[0]
 	}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
 	"github.com/meridian-gw/meridian/dataplane/internal/middleware/jwt"
 )
 
@@ -40,17 +41,19 @@ type part struct {
 type Key struct {
 	parts []part
 	route string
+	ip    *clientip.Resolver
 }
 
 // ParseKey compiles spec.key for the named route. Parts are client_ip (the
-// peer address of the connection, see clientIP), route, consumer (the
+// client's address as ip resolves it: the connection's peer, or the
+// forwarded client behind a trusted proxy), route, consumer (the
 // JWTProvider's consumerClaim of the verified token), header:<name> and
-// claim:<name> (a claim of the verified token).
-func ParseKey(spec []string, route string) (Key, error) {
+// claim:<name> (a claim of the verified token). A nil ip trusts no proxy.
+func ParseKey(spec []string, route string, ip *clientip.Resolver) (Key, error) {
 	if len(spec) == 0 {
 		return Key{}, fmt.Errorf("key: at least one part is required")
 	}
-	k := Key{route: route, parts: make([]part, 0, len(spec))}
+	k := Key{route: route, ip: ip, parts: make([]part, 0, len(spec))}
 	for _, s := range spec {
 		var p part
 		switch s {
@@ -83,7 +86,7 @@ func ParseKey(spec []string, route string) (Key, error) {
 func (k *Key) value(p part, r *http.Request) string {
 	switch p.kind {
 	case partClientIP:
-		return clientIP(r.RemoteAddr)
+		return k.ip.ClientIP(r)
 	case partRoute:
 		return k.route
 	case partConsumer:
@@ -124,22 +127,4 @@ func (k *Key) appendComposite(buf []byte, r *http.Request) []byte {
 		buf = append(buf, v...)
 	}
 	return buf
-}
-
-// clientIP returns the host of the connection's peer address. It is the
-// peer, not X-Forwarded-For: behind a trusted load balancer every client
-// shares the balancer's address, which is the safe failure (a spoofed
-// header cannot mint fresh buckets). Honouring trusted proxies' forwarded
-// addresses is left to the proxy package, which owns that list.
-func clientIP(addr string) string {
-	i := strings.LastIndexByte(addr, ':')
-	if i < 0 || strings.IndexByte(addr[:i], ':') >= 0 && addr[0] != '[' {
-		// No port, or a bare IPv6 address.
-		return addr
-	}
-	host := addr[:i]
-	if len(host) > 1 && host[0] == '[' && host[len(host)-1] == ']' {
-		host = host[1 : len(host)-1]
-	}
-	return host
 }

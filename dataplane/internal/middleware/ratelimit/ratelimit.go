@@ -15,6 +15,7 @@
 package ratelimit
 
 import (
+	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -26,9 +27,10 @@ import (
 	"github.com/meridian-gw/meridian/dataplane/internal/ratelimit/local"
 )
 
-// Limiter decides one request for a key at a time; *local.Store is one.
+// Limiter decides one request for a key at a time. ctx is the request's:
+// a limiter that asks a remote store bounds the call by it.
 type Limiter interface {
-	Allow(key string, now time.Time) local.Decision
+	Allow(ctx context.Context, key string, now time.Time) local.Decision
 }
 
 // Limit is one RateLimit as applied to one route.
@@ -99,23 +101,33 @@ func New(limits []Limit, opts Options, next http.Handler) *Handler {
 // ServeHTTP decides r against each limit in order with one clock reading.
 // The first enforcing limit that is exceeded answers 429 and the later ones
 // are not consulted, so a rejected request does not spend their quota.
+//
+// A limit in queue mode admits a request over the rate with a Wait: its
+// reserved turn. The request proceeds once every limit's turn has come
+// (the longest Wait); a client that goes away while waiting gets nothing.
+// Shadow limits never delay.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := h.now()
+	ctx := r.Context()
 	var (
 		best    local.Decision
 		bestIdx = -1
+		wait    time.Duration
 	)
 	for i := range h.limits {
 		l := &h.limits[i]
-		d := l.Limiter.Allow(h.key(&l.Key, r), now)
+		d := l.Limiter.Allow(ctx, h.key(&l.Key, r), now)
 		if !d.Allowed && !l.Shadow {
 			writeHeaders(w.Header(), l, d)
 			reject(w, l, d)
 			return
 		}
 		if !d.Allowed && h.log != nil {
-			h.log.LogAttrs(r.Context(), slog.LevelDebug, "rate limit exceeded in shadow mode",
+			h.log.LogAttrs(ctx, slog.LevelDebug, "rate limit exceeded in shadow mode",
 				slog.String("route", h.route), slog.String("limit", l.Name))
+		}
+		if !l.Shadow {
+			wait = max(wait, d.Wait)
 		}
 		if bestIdx < 0 || moreRestrictive(d, best) {
 			best, bestIdx = d, i
@@ -124,7 +136,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if bestIdx >= 0 {
 		writeHeaders(w.Header(), &h.limits[bestIdx], best)
 	}
+	if wait > 0 && !sleep(ctx, wait) {
+		return
+	}
 	h.next.ServeHTTP(w, r)
+}
+
+// sleep waits for d and reports whether ctx was still live at the end.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // key returns r's bucket key under k.

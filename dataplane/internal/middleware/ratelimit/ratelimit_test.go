@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
 	"github.com/meridian-gw/meridian/dataplane/internal/middleware/jwt"
 	"github.com/meridian-gw/meridian/dataplane/internal/ratelimit/local"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -24,7 +26,7 @@ const testSecret = "ratelimit-test-secret-of-32-byte"
 // recorder is a Limiter that allows everything and records the keys.
 type recorder struct{ keys []string }
 
-func (r *recorder) Allow(key string, _ time.Time) local.Decision {
+func (r *recorder) Allow(_ context.Context, key string, _ time.Time) local.Decision {
 	r.keys = append(r.keys, key)
 	return local.Decision{Allowed: true, Limit: 10, Remaining: 9}
 }
@@ -76,7 +78,8 @@ func TestKeys(t *testing.T) {
 	}{
 		{"client ip v4", []string{"client_ip"}, "192.0.2.1:1234", nil, nil, "192.0.2.1"},
 		{"client ip v6", []string{"client_ip"}, "[2001:db8::1]:1234", nil, nil, "2001:db8::1"},
-		{"client ip ignores forwarded", []string{"client_ip"}, "192.0.2.1:1", map[string]string{"X-Forwarded-For": "203.0.113.9"}, nil, "192.0.2.1"},
+		{"client ip ignores forwarded from untrusted peer", []string{"client_ip"}, "192.0.2.1:1", map[string]string{"X-Forwarded-For": "203.0.113.9"}, nil, "192.0.2.1"},
+		{"client ip behind trusted proxy", []string{"client_ip"}, "10.0.0.5:1", map[string]string{"X-Forwarded-For": "203.0.113.9, 10.0.0.7"}, nil, "203.0.113.9"},
 		{"route", []string{"route"}, "192.0.2.1:1", nil, nil, "users"},
 		{"header", []string{"header:x-api-key"}, "192.0.2.1:1", map[string]string{"X-Api-Key": "k-1"}, nil, "k-1"},
 		{"header missing", []string{"header:x-api-key"}, "192.0.2.1:1", nil, nil, ""},
@@ -92,7 +95,7 @@ func TestKeys(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			k, err := ParseKey(tt.key, "users")
+			k, err := ParseKey(tt.key, "users", clientip.New([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -125,7 +128,7 @@ func TestKeys(t *testing.T) {
 // TestCompositeKeysDoNotCollide: values that would collide under a naive
 // separator join, or a missing part against a present one, get distinct keys.
 func TestCompositeKeysDoNotCollide(t *testing.T) {
-	k, err := ParseKey([]string{"header:a", "header:b"}, "r")
+	k, err := ParseKey([]string{"header:a", "header:b"}, "r", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,13 +154,20 @@ func TestCompositeKeysDoNotCollide(t *testing.T) {
 
 func TestParseKeyErrors(t *testing.T) {
 	for _, spec := range [][]string{nil, {"ip"}, {"header:"}, {"query:x"}, {"client_ip", "nope"}} {
-		if _, err := ParseKey(spec, "r"); err == nil {
+		if _, err := ParseKey(spec, "r", nil); err == nil {
 			t.Errorf("ParseKey(%q) succeeded", spec)
 		}
 	}
 }
 
-func store(t *testing.T, limit uint64, period time.Duration) *local.Store {
+// storeLimiter adapts a *local.Store, which needs no context, to Limiter.
+type storeLimiter struct{ s *local.Store }
+
+func (l storeLimiter) Allow(_ context.Context, key string, now time.Time) local.Decision {
+	return l.s.Allow(key, now)
+}
+
+func store(t *testing.T, limit uint64, period time.Duration) storeLimiter {
 	t.Helper()
 	s, err := local.New(&meridianv1.RateLimitSpec{
 		Algorithm: meridianv1.RateLimitAlgorithm_RATE_LIMIT_ALGORITHM_FIXED_WINDOW,
@@ -166,11 +176,11 @@ func store(t *testing.T, limit uint64, period time.Duration) *local.Store {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s
+	return storeLimiter{s}
 }
 
 func TestAnswers(t *testing.T) {
-	routeKey, err := ParseKey([]string{"route"}, "r")
+	routeKey, err := ParseKey([]string{"route"}, "r", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +274,7 @@ func TestAnswers(t *testing.T) {
 // TestRejectionSparesLaterLimits: a request rejected by one limit does not
 // spend the quota of the limits after it.
 func TestRejectionSparesLaterLimits(t *testing.T) {
-	k, _ := ParseKey([]string{"route"}, "r")
+	k, _ := ParseKey([]string{"route"}, "r", nil)
 	rec := &recorder{}
 	h := New([]Limit{
 		{Name: "a", Key: k, Limiter: store(t, 1, time.Hour), Period: time.Hour},
@@ -278,6 +288,62 @@ func TestRejectionSparesLaterLimits(t *testing.T) {
 	}
 }
 
+// waiter is a Limiter in queue mode: it admits every request with a
+// fixed Wait.
+type waiter struct{ wait time.Duration }
+
+func (q waiter) Allow(context.Context, string, time.Time) local.Decision {
+	return local.Decision{Allowed: true, Limit: 1, Wait: q.wait}
+}
+
+// TestQueueWaits: a request admitted with a Wait reaches the next handler
+// only after the longest Wait of its enforcing limits; a shadow limit's
+// Wait is ignored; a client that leaves while waiting never reaches it.
+func TestQueueWaits(t *testing.T) {
+	k, _ := ParseKey([]string{"route"}, "r", nil)
+	const wait = 30 * time.Millisecond
+	tests := []struct {
+		name     string
+		limits   []Limit
+		cancel   bool
+		minDelay time.Duration
+		reached  bool
+	}{
+		{"longest wait of two limits", []Limit{
+			{Name: "a", Key: k, Limiter: waiter{wait / 2}, Period: time.Second},
+			{Name: "b", Key: k, Limiter: waiter{wait}, Period: time.Second},
+		}, false, wait, true},
+		{"shadow limits do not delay", []Limit{
+			{Name: "a", Key: k, Limiter: waiter{time.Hour}, Period: time.Second, Shadow: true},
+		}, false, 0, true},
+		{"client gone while waiting", []Limit{
+			{Name: "a", Key: k, Limiter: waiter{time.Hour}, Period: time.Second},
+		}, true, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var reached bool
+			h := New(tt.limits, Options{}, http.HandlerFunc(func(http.ResponseWriter, *http.Request) { reached = true }))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if tt.cancel {
+				time.AfterFunc(10*time.Millisecond, cancel)
+			}
+			req := httptest.NewRequestWithContext(ctx, http.MethodGet, "/", nil)
+			start := time.Now()
+			h.ServeHTTP(httptest.NewRecorder(), req)
+			if reached != tt.reached {
+				t.Errorf("next handler reached = %v, want %v", reached, tt.reached)
+			}
+			// A lower bound only: sleeping less than the reserved turn
+			// would break the pacing; sleeping longer is the scheduler's.
+			if d := time.Since(start); d < tt.minDelay {
+				t.Errorf("request went on after %s, before its turn at %s", d, tt.minDelay)
+			}
+		})
+	}
+}
+
 func TestSFString(t *testing.T) {
 	for in, want := range map[string]string{"a": `"a"`, `a"b\c`: `"a\"b\\c"`} {
 		if got := sfString(in); got != want {
@@ -287,9 +353,9 @@ func TestSFString(t *testing.T) {
 }
 
 func BenchmarkSingleKey(b *testing.B) {
-	k, _ := ParseKey([]string{"client_ip"}, "r")
+	k, _ := ParseKey([]string{"client_ip"}, "r", nil)
 	s, _ := local.New(&meridianv1.RateLimitSpec{Limit: 1 << 30, Period: durationpb.New(time.Second)}, local.Options{})
-	h := New([]Limit{{Name: "ip", Key: k, Limiter: s, Period: time.Second}}, Options{}, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	h := New([]Limit{{Name: "ip", Key: k, Limiter: storeLimiter{s}, Period: time.Second}}, Options{}, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
 	req := httptest.NewRequest(http.MethodGet, "/", nil)
 	b.ReportAllocs()
 	for b.Loop() {

@@ -9,22 +9,28 @@ import (
 // (0 in the spec means limit) refilled continuously at limit per period; a
 // request takes one token. A full bucket lets burst requests through at
 // once, so any window of one period can admit up to burst+limit requests.
+// In queue mode a request may also take a token the bucket does not hold
+// yet, down to maxWait's worth of refill below empty, and waits until that
+// token has been refilled (x/time/rate's Reserve).
 //
 // state: a = time of the last update, f = deficit (burst minus tokens), so
-// the zero state is a full bucket. Refill is computed as
-// elapsed*limit/period in float64 rather than elapsed*(limit/period), so a
-// whole-token refill comes out as exactly one token instead of 0.999....
+// the zero state is a full bucket and a deficit above burst is a queued
+// reservation. Refill is computed as elapsed*limit/period in float64 rather
+// than elapsed*(limit/period), so a whole-token refill comes out as exactly
+// one token instead of 0.999....
 type tokenBucket struct {
-	limit  int64
-	period float64
-	burst  float64
+	limit   int64
+	period  float64
+	burst   float64
+	maxWait time.Duration
 }
 
-func newTokenBucket(limit int64, period time.Duration, burst int64) *tokenBucket {
+func newTokenBucket(limit int64, period time.Duration, burst int64, maxWait time.Duration) *tokenBucket {
 	return &tokenBucket{
-		limit:  limit,
-		period: float64(period),
-		burst:  float64(burst),
+		limit:   limit,
+		period:  float64(period),
+		burst:   float64(burst),
+		maxWait: maxWait,
 	}
 }
 
@@ -55,12 +61,19 @@ func (tb *tokenBucket) allow(st *state, now int64) Decision {
 	if now > st.a {
 		st.a = now
 	}
-	tokens := tb.burst - d
-	if tokens < 1 {
+	// owed is how far below empty the bucket would be after taking a token;
+	// the request must wait until that much has been refilled.
+	var wait time.Duration
+	if owed := d + 1 - tb.burst; owed > 0 {
+		wait = tb.dur(owed)
+	}
+	if wait > tb.maxWait {
+		// Nothing is taken, so a denied request delays no one; it could
+		// reserve a turn once wait has shrunk to maxWait.
 		st.f = d
 		return Decision{
 			Limit:      tb.limit,
-			RetryAfter: max(tb.dur(1-tokens), 1),
+			RetryAfter: max(wait-tb.maxWait, 1),
 			Reset:      tb.dur(d),
 		}
 	}
@@ -68,8 +81,9 @@ func (tb *tokenBucket) allow(st *state, now int64) Decision {
 	st.f = d
 	return Decision{
 		Allowed:   true,
+		Wait:      wait,
 		Limit:     tb.limit,
-		Remaining: int64(tb.burst - d),
+		Remaining: max(int64(tb.burst-d), 0),
 		Reset:     tb.dur(d),
 	}
 }
@@ -83,32 +97,42 @@ func (tb *tokenBucket) idle(st *state, now int64) bool {
 // any window of one period admits at most limit+burst-1 requests. burst 0 in
 // the spec means 1: strict pacing, no burst at all and no window edge to
 // exploit. The interval is truncated to whole nanoseconds, which makes the
-// rate at most one nanosecond per request faster than specified.
+// rate at most one nanosecond per request faster than specified. In queue
+// mode a request that arrives early by at most maxWait beyond the tolerance
+// is admitted with a wait until it is no longer early, and pushes the TAT on
+// as if it had arrived then.
 //
 // state: a = theoretical arrival time (TAT) of the next request; the zero
-// state is a key never seen.
+// state is a key never seen and a TAT in the future holds either used burst
+// or queued reservations.
 type gcra struct {
 	limit     int64
 	interval  int64
 	tolerance int64
+	maxWait   int64
 }
 
-func newGCRA(limit, interval, burst int64) *gcra {
-	return &gcra{limit: limit, interval: interval, tolerance: (burst - 1) * interval}
+func newGCRA(limit, interval, burst int64, maxWait time.Duration) *gcra {
+	return &gcra{limit: limit, interval: interval, tolerance: (burst - 1) * interval, maxWait: int64(maxWait)}
 }
 
 func (g *gcra) allow(st *state, now int64) Decision {
 	tat := max(st.a, now)
-	if tat-now > g.tolerance {
+	// A request up to the tolerance ahead of the TAT spends burst; only
+	// what lies beyond the tolerance has to be waited out.
+	wait := max(tat-now-g.tolerance, 0)
+	if wait > g.maxWait {
+		// Nothing is taken, as for the token bucket.
 		return Decision{
 			Limit:      g.limit,
-			RetryAfter: time.Duration(tat - g.tolerance - now),
+			RetryAfter: time.Duration(wait - g.maxWait),
 			Reset:      time.Duration(tat - now),
 		}
 	}
 	st.a = tat + g.interval
 	return Decision{
 		Allowed:   true,
+		Wait:      time.Duration(wait),
 		Limit:     g.limit,
 		Remaining: max((now+g.tolerance+g.interval-st.a)/g.interval, 0),
 		Reset:     time.Duration(st.a - now),

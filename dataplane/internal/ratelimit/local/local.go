@@ -9,6 +9,24 @@
 // dropping them changes no future decision. MaxKeys caps the map: once a
 // shard is full, requests for keys it does not hold share one overflow bucket
 // with the same limit (see Store.Allow).
+//
+// # Queue mode
+//
+// A token bucket or GCRA spec with queue.maxWait shapes traffic instead of
+// rejecting it, like Sentinel's uniform-rate queueing or the Reserve method
+// of golang.org/x/time/rate. A request over the rate reserves the next free
+// turn: if that turn is at most maxWait away, the request is Allowed with
+// Decision.Wait set to how long the caller must wait before proceeding. The
+// reservation consumes quota at once, so requests arriving together after
+// the burst is spent get evenly spaced turns: waits 0 for the burst, then
+// period/limit, 2*period/limit, and so on. A request whose turn would be
+// more than maxWait away is denied and consumes nothing, so it does not push
+// later requests back; its RetryAfter is the time until a request would get
+// a turn within maxWait.
+//
+// A reservation is not returned when the caller gives up waiting (say the
+// client disconnects): the turn counts as spent. That errs on the side of the
+// backend and keeps Allow free of per-request allocations.
 package local
 
 import (
@@ -39,18 +57,21 @@ var ErrInvalidSpec = errors.New("invalid rate limit spec")
 // Decision is the outcome of one Allow call, carrying what a 429 response
 // (Retry-After) and the IETF RateLimit / RateLimit-Policy header fields need.
 type Decision struct {
-	// Allowed reports whether the request may proceed.
+	// Allowed reports whether the request may proceed (after Wait).
 	Allowed bool
+	// Wait is, when Allowed in queue mode, how long the caller must wait
+	// before proceeding; 0 otherwise.
+	Wait time.Duration
 	// Limit is the policy quota per period (RateLimit-Policy "q").
 	Limit int64
 	// Remaining is how many more requests would be allowed right now
-	// (RateLimit "r"); never negative.
+	// without waiting (RateLimit "r"); never negative.
 	Remaining int64
 	// RetryAfter is how long until a denied request could succeed; 0 when
 	// Allowed.
 	RetryAfter time.Duration
 	// Reset is how long until the key's quota is fully restored
-	// (RateLimit "t").
+	// (RateLimit "t"), queued reservations included.
 	Reset time.Duration
 	// Overflow reports that the key was not tracked because the store was
 	// full, so the decision came from the shared overflow bucket.
@@ -103,8 +124,9 @@ type Store struct {
 }
 
 // New returns a Store enforcing spec locally. The spec's algorithm picks the
-// arithmetic (unspecified means token bucket); scope, key, shadow and
-// on_store_failure are the caller's business and are ignored here.
+// arithmetic (unspecified means token bucket) and queue turns it into queue
+// mode (see the package doc); scope, key, shadow and on_store_failure are the
+// caller's business and are ignored here.
 func New(spec *meridianv1.RateLimitSpec, opts Options) (*Store, error) {
 	algo, err := newAlgorithm(spec)
 	if err != nil {
@@ -159,6 +181,10 @@ func newAlgorithm(spec *meridianv1.RateLimitSpec) (algorithm, error) {
 	if burst > math.MaxInt32 {
 		return nil, fmt.Errorf("%w: burst %d is too large", ErrInvalidSpec, burst)
 	}
+	maxWait, err := queueMaxWait(spec.GetQueue())
+	if err != nil {
+		return nil, err
+	}
 	interval := int64(period) / limit
 	switch spec.GetAlgorithm() {
 	case meridianv1.RateLimitAlgorithm_RATE_LIMIT_ALGORITHM_UNSPECIFIED,
@@ -166,7 +192,7 @@ func newAlgorithm(spec *meridianv1.RateLimitSpec) (algorithm, error) {
 		if burst == 0 {
 			burst = uint64(limit)
 		}
-		return newTokenBucket(limit, period, int64(burst)), nil
+		return newTokenBucket(limit, period, int64(burst), maxWait), nil
 	case meridianv1.RateLimitAlgorithm_RATE_LIMIT_ALGORITHM_GCRA:
 		if interval < 1 {
 			return nil, fmt.Errorf("%w: limit %d per %s is finer than a nanosecond", ErrInvalidSpec, limit, period)
@@ -177,14 +203,40 @@ func newAlgorithm(spec *meridianv1.RateLimitSpec) (algorithm, error) {
 		if int64(burst) > math.MaxInt64/4/interval {
 			return nil, fmt.Errorf("%w: burst %d over period %s overflows", ErrInvalidSpec, burst, period)
 		}
-		return newGCRA(limit, interval, int64(burst)), nil
-	case meridianv1.RateLimitAlgorithm_RATE_LIMIT_ALGORITHM_SLIDING_WINDOW:
-		return &slidingWindow{limit: limit, period: int64(period)}, nil
-	case meridianv1.RateLimitAlgorithm_RATE_LIMIT_ALGORITHM_FIXED_WINDOW:
+		return newGCRA(limit, interval, int64(burst), maxWait), nil
+	case meridianv1.RateLimitAlgorithm_RATE_LIMIT_ALGORITHM_SLIDING_WINDOW,
+		meridianv1.RateLimitAlgorithm_RATE_LIMIT_ALGORITHM_FIXED_WINDOW:
+		if maxWait > 0 {
+			// Window counters have no later turn to hand out.
+			return nil, fmt.Errorf("%w: queue needs algorithm token_bucket or gcra, not %s", ErrInvalidSpec, spec.GetAlgorithm())
+		}
+		if spec.GetAlgorithm() == meridianv1.RateLimitAlgorithm_RATE_LIMIT_ALGORITHM_SLIDING_WINDOW {
+			return &slidingWindow{limit: limit, period: int64(period)}, nil
+		}
 		return &fixedWindow{limit: limit, period: int64(period)}, nil
 	default:
 		return nil, fmt.Errorf("%w: unknown algorithm %d", ErrInvalidSpec, int32(spec.GetAlgorithm()))
 	}
+}
+
+// queueMaxWait returns q's maxWait, or 0 when q is nil (no queue mode).
+func queueMaxWait(q *meridianv1.RateLimitQueue) (time.Duration, error) {
+	if q == nil {
+		return 0, nil
+	}
+	if q.GetMaxWait() == nil {
+		return 0, fmt.Errorf("%w: queue.maxWait is missing", ErrInvalidSpec)
+	}
+	if err := q.GetMaxWait().CheckValid(); err != nil {
+		return 0, fmt.Errorf("%w: queue.maxWait: %w", ErrInvalidSpec, err)
+	}
+	// MaxPeriod bounds it for the same reason as the period: the turn
+	// arithmetic on Unix nanoseconds stays far from int64 overflow.
+	d := q.GetMaxWait().AsDuration()
+	if d <= 0 || d > MaxPeriod {
+		return 0, fmt.Errorf("%w: queue.maxWait %s must be positive and at most %s", ErrInvalidSpec, d, MaxPeriod)
+	}
+	return d, nil
 }
 
 // Allow decides one request for key at now.

@@ -184,11 +184,12 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 	defer st.Close()
 
 	cache := snapshot.NewCache()
+	fleet := store.NewFleetSize()
 	var synced atomic.Bool
 	watchCtx, stopWatch := context.WithCancel(context.Background())
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
+	var watches sync.WaitGroup
+	watches.Go(func() { st.WatchFleet(watchCtx, fleet.Set) })
+	watches.Go(func() {
 		st.Watch(watchCtx, func(version uint64, resources []*meridianv1.Resource) {
 			synced.Store(true)
 			if version == 0 {
@@ -203,10 +204,10 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 				log.Info("serving configuration", "version", version, "hash", snap.Hash(), "resources", len(resources))
 			}
 		})
-	}()
-	defer func() { stopWatch(); <-watchDone }()
+	})
+	defer func() { stopWatch(); watches.Wait() }()
 
-	disc := discovery.NewServer(cache, st, discovery.Options{Logger: log})
+	disc := discovery.NewServer(cache, st, discovery.Options{Logger: log, Fleet: fleet})
 	grpcOpts := []grpc.ServerOption{
 		// Data planes ping every 10s to detect dead connections.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),

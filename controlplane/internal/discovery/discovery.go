@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +31,14 @@ type SnapshotSource interface {
 	Subscribe() (<-chan *snapshot.Snapshot, func())
 }
 
+// FleetSource hands out the fleet size: how many data planes have a live
+// stream to any control-plane replica.
+type FleetSource interface {
+	// Subscribe returns a channel holding the latest size not yet
+	// received (the current one right away, if known), and a cancel func.
+	Subscribe() (<-chan int, func())
+}
+
 // StatusRecorder stores what the fleet knows about each data plane.
 // stream identifies one stream, so that a node reconnecting on a new
 // stream is not overwritten by its old one.
@@ -49,6 +58,12 @@ type Options struct {
 	// StatusTimeout bounds each status write, so an unreachable etcd does
 	// not hold up snapshots. 5s when zero.
 	StatusTimeout time.Duration
+	// Fleet, when set, is sent to every stream and again whenever it
+	// changes, so data planes can share global rate limits while Redis is
+	// down. A stream gets it once the control plane has a snapshot: with
+	// that snapshot when one is due, alone when the data plane is
+	// current. Nil sends no fleet status.
+	Fleet FleetSource
 }
 
 // maxNodeIDLen keeps node ids usable as etcd key parts and table cells.
@@ -60,6 +75,7 @@ type Server struct {
 
 	source  SnapshotSource
 	status  StatusRecorder
+	fleet   FleetSource
 	log     *slog.Logger
 	refresh time.Duration
 	timeout time.Duration
@@ -83,6 +99,7 @@ func NewServer(source SnapshotSource, recorder StatusRecorder, opts Options) *Se
 	return &Server{
 		source:  source,
 		status:  recorder,
+		fleet:   opts.Fleet,
 		log:     opts.Logger,
 		refresh: opts.RefreshInterval,
 		timeout: opts.StatusTimeout,
@@ -172,6 +189,13 @@ type handler struct {
 	// stale.
 	sentVersion uint64
 	sentNonce   string
+	// The latest fleet size and the one last sent; 0 is unknown / none.
+	fleet     int
+	sentFleet int
+	// sawSnapshot: the cache has offered this stream a snapshot. Until
+	// then the fleet size waits, so that a data plane due a snapshot gets
+	// it first.
+	sawSnapshot bool
 }
 
 func (h *handler) run(ctx context.Context) error {
@@ -187,6 +211,12 @@ func (h *handler) run(ctx context.Context) error {
 
 	updates, cancel := s.source.Subscribe()
 	defer cancel()
+	var fleet <-chan int // nil without a fleet source: never ready
+	if s.fleet != nil {
+		var cancelFleet func()
+		fleet, cancelFleet = s.fleet.Subscribe()
+		defer cancelFleet()
+	}
 
 	// The receiver goroutine ends when the stream does, which happens
 	// right after this handler returns; done keeps it from blocking on a
@@ -210,6 +240,21 @@ func (h *handler) run(ctx context.Context) error {
 		}
 	}()
 
+	// What both sources hold right away goes out in one first message.
+	var snap *snapshot.Snapshot
+	select {
+	case snap = <-updates:
+	default:
+	}
+	select {
+	case n := <-fleet:
+		h.setFleet(n)
+	default:
+	}
+	if err := h.send(snap); err != nil {
+		return err
+	}
+
 	ticker := time.NewTicker(s.refresh)
 	defer ticker.Stop()
 	for {
@@ -227,6 +272,11 @@ func (h *handler) run(ctx context.Context) error {
 			if err := h.send(snap); err != nil {
 				return err
 			}
+		case n := <-fleet:
+			h.setFleet(n)
+			if err := h.send(nil); err != nil {
+				return err
+			}
 		case req := <-reqs:
 			h.answer(ctx, req)
 		case <-ticker.C:
@@ -236,16 +286,42 @@ func (h *handler) run(ctx context.Context) error {
 	}
 }
 
-// send sends snap unless the data plane has it or already got it.
+// setFleet records the fleet size. This stream's own data plane is
+// connected even when the count read from etcd does not show it yet, so
+// the size is at least 1.
+func (h *handler) setFleet(n int) {
+	h.fleet = max(n, 1)
+}
+
+// send sends what the data plane lacks, in one message: snap (nil for
+// none) unless the data plane has it or already got it, and the fleet size
+// if it changed since it was last sent and the stream has been offered a
+// snapshot.
 func (h *handler) send(snap *snapshot.Snapshot) error {
-	if snap.Version() <= h.sentVersion || (snap.Version() == h.held.version && snap.Hash() == h.held.hash) {
+	resp := &meridianv1.StreamSnapshotsResponse{}
+	var nonce string
+	if snap != nil {
+		h.sawSnapshot = true
+		if snap.Version() > h.sentVersion && (snap.Version() != h.held.version || snap.Hash() != h.held.hash) {
+			nonce = rand.Text()
+			resp.Snapshot = snap.Message(nonce)
+		}
+	}
+	if h.sawSnapshot && h.fleet != 0 && h.fleet != h.sentFleet {
+		resp.Fleet = &meridianv1.FleetStatus{ConnectedDataplanes: uint32(min(h.fleet, math.MaxUint32))}
+	}
+	if resp.Snapshot == nil && resp.Fleet == nil {
 		return nil
 	}
-	nonce := rand.Text()
-	if err := h.stream.Send(&meridianv1.StreamSnapshotsResponse{Snapshot: snap.Message(nonce)}); err != nil {
+	if err := h.stream.Send(resp); err != nil {
 		return err
 	}
-	h.sentVersion, h.sentNonce = snap.Version(), nonce
+	if resp.Snapshot != nil {
+		h.sentVersion, h.sentNonce = snap.Version(), nonce
+	}
+	if resp.Fleet != nil {
+		h.sentFleet = h.fleet
+	}
 	return nil
 }
 

@@ -2,8 +2,10 @@ package discovery_test
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,26 +27,34 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// env is a control plane in miniature: store and watcher on embedded
-// etcd, a snapshot cache, and the discovery server on a loopback listener.
+// env is a control plane in miniature: store, config watcher and fleet
+// watcher on embedded etcd, a snapshot cache, and the discovery server on
+// a loopback listener.
 type env struct {
 	store     *store.Store
 	cache     *snapshot.Cache
+	fleet     *store.FleetSize
 	discovery *discovery.Server
 	client    meridianv1.ConfigDiscoveryServiceClient
 }
 
-func newEnv(t *testing.T) *env {
+// newEnv wires the server as the control plane does, fleet size included.
+func newEnv(t *testing.T) *env { return startEnv(t, true) }
+
+// startEnv starts an env; without withFleet the server gets no fleet
+// source.
+func startEnv(t *testing.T, withFleet bool) *env {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	st := store.New(etcdtest.Start(t), store.Options{ReplicaID: "cp-1", Logger: log})
 	t.Cleanup(func() { st.Close() })
 	cache := snapshot.NewCache()
+	fleet := store.NewFleetSize()
 
 	ctx, cancel := context.WithCancel(context.Background())
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
+	var watches sync.WaitGroup
+	watches.Go(func() { st.WatchFleet(ctx, fleet.Set) })
+	watches.Go(func() {
 		st.Watch(ctx, func(v uint64, rs []*meridianv1.Resource) {
 			if v == 0 {
 				return
@@ -56,10 +66,14 @@ func newEnv(t *testing.T) *env {
 			}
 			cache.Set(snap)
 		})
-	}()
-	t.Cleanup(func() { cancel(); <-watchDone })
+	})
+	t.Cleanup(func() { cancel(); watches.Wait() })
 
-	srv := discovery.NewServer(cache, st, discovery.Options{Logger: log})
+	opts := discovery.Options{Logger: log}
+	if withFleet {
+		opts.Fleet = fleet
+	}
+	srv := discovery.NewServer(cache, st, opts)
 	gs := grpc.NewServer()
 	meridianv1.RegisterConfigDiscoveryServiceServer(gs, srv)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -75,7 +89,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &env{store: st, cache: cache, discovery: srv, client: meridianv1.NewConfigDiscoveryServiceClient(conn)}
+	return &env{store: st, cache: cache, fleet: fleet, discovery: srv, client: meridianv1.NewConfigDiscoveryServiceClient(conn)}
 }
 
 func testCtx(t *testing.T) context.Context {
@@ -113,13 +127,48 @@ func (e *env) open(t *testing.T, id string, version uint64, hash string) meridia
 	return stream
 }
 
-func recv(t *testing.T, stream meridianv1.ConfigDiscoveryService_StreamSnapshotsClient) *meridianv1.Snapshot {
+func next(t *testing.T, stream meridianv1.ConfigDiscoveryService_StreamSnapshotsClient) *meridianv1.StreamSnapshotsResponse {
 	t.Helper()
 	resp, err := stream.Recv()
 	if err != nil {
 		t.Fatalf("Recv: %v", err)
 	}
-	return resp.GetSnapshot()
+	return resp
+}
+
+// recv returns the next snapshot, skipping messages with only fleet status.
+func recv(t *testing.T, stream meridianv1.ConfigDiscoveryService_StreamSnapshotsClient) *meridianv1.Snapshot {
+	t.Helper()
+	for {
+		if snap := next(t, stream).GetSnapshot(); snap != nil {
+			return snap
+		}
+	}
+}
+
+// recvFleet returns the next fleet size, skipping messages without one.
+func recvFleet(t *testing.T, stream meridianv1.ConfigDiscoveryService_StreamSnapshotsClient) uint32 {
+	t.Helper()
+	for {
+		if f := next(t, stream).GetFleet(); f != nil {
+			return f.GetConnectedDataplanes()
+		}
+	}
+}
+
+// streamErr returns the error that ends the stream. Only messages with
+// just fleet status may come first.
+func streamErr(t *testing.T, stream meridianv1.ConfigDiscoveryService_StreamSnapshotsClient) error {
+	t.Helper()
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if resp.GetSnapshot() != nil {
+			t.Fatalf("stream still sends snapshots: version %d", resp.GetSnapshot().GetVersion())
+		}
+	}
 }
 
 // waitState polls the fleet until node id reaches want.
@@ -197,8 +246,8 @@ func TestSnapshotAckNackAndUpdates(t *testing.T) {
 	if err := stream.CloseSend(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := stream.Recv(); err == nil {
-		t.Fatal("stream still open after CloseSend")
+	if err := streamErr(t, stream); err != io.EOF {
+		t.Fatalf("after CloseSend: %v, want the stream to end cleanly", err)
 	}
 	e.waitState(t, "dp-1", meridianv1.DataplaneState_DATAPLANE_STATE_DISCONNECTED)
 }
@@ -243,13 +292,118 @@ func TestCloseEndsStreams(t *testing.T) {
 	stream := e.open(t, "dp-1", 0, "")
 	recv(t, stream)
 	e.discovery.Close()
-	_, err := stream.Recv()
-	if status.Code(err) != codes.Unavailable {
+	if err := streamErr(t, stream); status.Code(err) != codes.Unavailable {
 		t.Fatalf("after Close: %v, want Unavailable", err)
 	}
 	// New streams are refused too.
 	again := e.open(t, "dp-2", 0, "")
 	if _, err := again.Recv(); status.Code(err) != codes.Unavailable {
 		t.Fatalf("new stream after Close: %v, want Unavailable", err)
+	}
+}
+
+// waitFleetKnown waits until the fleet watcher has published a size.
+func (e *env) waitFleetKnown(t *testing.T) {
+	t.Helper()
+	sizes, cancel := e.fleet.Subscribe()
+	defer cancel()
+	select {
+	case <-sizes:
+	case <-time.After(20 * time.Second):
+		t.Fatal("fleet size never known")
+	}
+}
+
+func TestFleetSizeReachesStreams(t *testing.T) {
+	e := newEnv(t)
+	v1 := e.apply(t, configtest.Upstream("users", "127.0.0.1:9001"))
+	// The snapshot comes first, the fleet size with it or right after. The
+	// size counts the data plane itself even before etcd does.
+	dp1 := e.open(t, "dp-1", 0, "")
+	resp := next(t, dp1)
+	if resp.GetSnapshot().GetVersion() != v1 {
+		t.Fatalf("first message = %v, want snapshot v%d", resp, v1)
+	}
+	if resp.GetFleet() == nil {
+		resp = next(t, dp1)
+	}
+	if resp.GetFleet().GetConnectedDataplanes() != 1 {
+		t.Fatalf("dp-1 got %v, want fleet 1", resp)
+	}
+
+	// A second data plane connecting reaches the first.
+	dp2 := e.open(t, "dp-2", 0, "")
+	if resp := next(t, dp1); resp.GetSnapshot() != nil || resp.GetFleet().GetConnectedDataplanes() != 2 {
+		t.Fatalf("after dp-2 connected dp-1 got %v, want only fleet 2", resp)
+	}
+	// dp-2 may first hear of a fleet of 1, before etcd shows dp-1 and
+	// itself.
+	for n := recvFleet(t, dp2); n != 2; n = recvFleet(t, dp2) {
+		if n != 1 {
+			t.Fatalf("dp-2 got fleet %d, want 1 then 2", n)
+		}
+	}
+
+	// A snapshot while the size stays the same does not repeat it.
+	v2 := e.apply(t, configtest.Upstream("users", "127.0.0.1:9002"))
+	if resp := next(t, dp1); resp.GetSnapshot().GetVersion() != v2 || resp.GetFleet() != nil {
+		t.Fatalf("after apply dp-1 got %v, want only snapshot v%d", resp, v2)
+	}
+
+	// The fleet shrinks when a data plane leaves.
+	if err := dp2.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if resp := next(t, dp1); resp.GetSnapshot() != nil || resp.GetFleet().GetConnectedDataplanes() != 1 {
+		t.Fatalf("after dp-2 left dp-1 got %v, want only fleet 1", resp)
+	}
+}
+
+func TestFleetWaitsForFirstSnapshot(t *testing.T) {
+	e := newEnv(t)
+	// The size is known, but there is no configuration to send yet.
+	e.waitFleetKnown(t)
+	stream := e.open(t, "dp-1", 0, "")
+	e.waitState(t, "dp-1", meridianv1.DataplaneState_DATAPLANE_STATE_SYNCED)
+
+	v1 := e.apply(t, configtest.Upstream("users", "127.0.0.1:9001"))
+	resp := next(t, stream)
+	snap := resp.GetSnapshot()
+	if snap.GetVersion() != v1 || resp.GetFleet().GetConnectedDataplanes() != 1 {
+		t.Fatalf("first message = %v, want snapshot v%d with fleet 1", resp, v1)
+	}
+	// It is answered like any snapshot.
+	if err := stream.Send(&meridianv1.StreamSnapshotsRequest{Version: v1, Hash: snap.GetHash(), ResponseNonce: snap.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(t, "dp-1", meridianv1.DataplaneState_DATAPLANE_STATE_SYNCED)
+}
+
+func TestFleetAloneWhenCurrent(t *testing.T) {
+	e := newEnv(t)
+	e.apply(t, configtest.Upstream("users", "127.0.0.1:9001"))
+	snap := recv(t, e.open(t, "dp-a", 0, ""))
+
+	// A data plane holding the current version is due no snapshot; it
+	// gets the fleet size alone.
+	stream := e.open(t, "dp-b", snap.GetVersion(), snap.GetHash())
+	if resp := next(t, stream); resp.GetSnapshot() != nil || resp.GetFleet().GetConnectedDataplanes() == 0 {
+		t.Fatalf("first message = %v, want only fleet", resp)
+	}
+}
+
+func TestNoFleetWithoutSource(t *testing.T) {
+	e := startEnv(t, false)
+	v1 := e.apply(t, configtest.Upstream("users", "127.0.0.1:9001"))
+	dp1 := e.open(t, "dp-1", 0, "")
+	if resp := next(t, dp1); resp.GetSnapshot().GetVersion() != v1 || resp.GetFleet() != nil {
+		t.Fatalf("first message = %v, want only snapshot v%d", resp, v1)
+	}
+	// The fleet grows, but the next message is the next snapshot alone.
+	e.open(t, "dp-2", 0, "")
+	e.waitState(t, "dp-2", meridianv1.DataplaneState_DATAPLANE_STATE_STALE)
+	v2 := e.apply(t, configtest.Upstream("users", "127.0.0.1:9002"))
+	if resp := next(t, dp1); resp.GetSnapshot().GetVersion() != v2 || resp.GetFleet() != nil {
+		t.Fatalf("second message = %v, want only snapshot v%d", resp, v2)
 	}
 }

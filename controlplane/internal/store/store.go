@@ -10,6 +10,9 @@
 //	history/<%020d version>   meridianv1.HistoryRecord
 //	dataplanes/<node id>      meridianv1.DataplaneStatus (persistent)
 //	dataplanes-live/<node id> "<replica id> <stream id>", under the serving replica's lease
+//
+// Every replica watches the configuration keys (Watch) and counts the
+// dataplanes-live keys (WatchFleet), so each sees the whole fleet.
 package store
 
 import (

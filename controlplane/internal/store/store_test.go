@@ -620,7 +620,7 @@ func TestWatchRelistsAfterCompaction(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	runWatch(t, w.run)
+	runWatch(t, func(ctx context.Context) error { return e.store.follow(ctx, "config", w) })
 	p := c.waitFor(t, 3)
 	sameConfig(t, byKey(p.resources), []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1"), configtest.Upstream("b", "127.0.0.1:2"), configtest.Upstream("c", "127.0.0.1:3")})
 	// Version 2 was never seen: the watcher relisted instead of replaying.

@@ -27,8 +27,7 @@ type PublishFunc func(version uint64, resources []*meridianv1.Resource)
 // down it keeps retrying with backoff. It returns ctx.Err() once ctx is
 // done. publish runs on Watch's goroutine.
 func (s *Store) Watch(ctx context.Context, publish PublishFunc) error {
-	w := &watcher{store: s, publish: publish}
-	return w.run(ctx)
+	return s.follow(ctx, "config", &watcher{store: s, publish: publish})
 }
 
 const (
@@ -47,16 +46,31 @@ type watcher struct {
 	resources map[string]*meridianv1.Resource
 }
 
-func (w *watcher) run(ctx context.Context) error {
+// listWatcher is one list-then-watch follower that follow drives.
+type listWatcher interface {
+	// list loads the current state and the revision it reflects.
+	list(ctx context.Context) error
+	// watch follows changes from that revision until the watch ends.
+	watch(ctx context.Context) error
+	// needsList reports whether only a new list can recover.
+	needsList() bool
+}
+
+func (w *watcher) needsList() bool { return w.rev == 0 }
+
+// follow lists and watches with w until ctx is done: a failed list is
+// retried with growing backoff, an interrupted watch resumes (or lists
+// again when w needs it) after a short pause. what names the data in logs.
+func (s *Store) follow(ctx context.Context, what string, w listWatcher) error {
 	backoff := minBackoff
 	for {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if w.rev == 0 {
+		if w.needsList() {
 			if err := w.list(ctx); err != nil {
 				if ctx.Err() == nil {
-					w.store.log.Warn("config list failed, retrying", "err", err, "retry_in", backoff)
+					s.log.Warn(what+" list failed, retrying", "err", err, "retry_in", backoff)
 				}
 				if sleep(ctx, jitter(backoff)) != nil {
 					return ctx.Err()
@@ -69,7 +83,7 @@ func (w *watcher) run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		w.store.log.Warn("config watch interrupted", "err", err, "relist", w.rev == 0)
+		s.log.Warn(what+" watch interrupted", "err", err, "relist", w.needsList())
 		if sleep(ctx, jitter(minBackoff)) != nil {
 			return ctx.Err()
 		}

@@ -376,6 +376,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 			Id: o.nodeID, Labels: o.labels, BuildVersion: version, ListenAddress: ln.Addr().String(),
 		},
 		Applier: controlPlaneApplier{gw: gw, cache: store, log: log},
+		OnFleet: gw.SetFleetSize,
 		Log:     log,
 	})
 	if err != nil {

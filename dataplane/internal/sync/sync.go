@@ -1,7 +1,8 @@
 // Package sync keeps a data plane's configuration in step with the control
 // plane over the ConfigDiscoveryService stream: it opens the stream with the
 // node's identity and the version it holds, applies every snapshot it
-// receives and answers each with an ACK or a NACK.
+// receives and answers each with an ACK or a NACK. It also passes on the
+// fleet size the control plane reports.
 package sync
 
 import (
@@ -60,6 +61,12 @@ type Config struct {
 	// DialOptions are appended to the defaults (plaintext, keepalive
 	// pings every 10s, 5s connect timeout).
 	DialOptions []grpc.DialOption
+	// OnFleet, when set, receives every fleet size the control plane
+	// reports: how many data planes, this one included, are connected
+	// fleet-wide (at least once per stream, then on each change). It runs
+	// on Run's goroutine, before the snapshot arriving in the same message
+	// is applied, and must not block.
+	OnFleet func(connected int)
 }
 
 // Client is the ConfigDiscoveryService client. Start it with Run.
@@ -67,6 +74,7 @@ type Client struct {
 	cfg       Config
 	received  atomic.Uint64
 	connected atomic.Pointer[string]
+	fleet     atomic.Uint32
 }
 
 // New checks cfg and returns a Client.
@@ -92,6 +100,11 @@ func New(cfg Config) (*Client, error) {
 // Received counts the snapshots received from any control plane since the
 // Client was created.
 func (c *Client) Received() uint64 { return c.received.Load() }
+
+// Fleet returns the last fleet size any control plane reported (0 before
+// the first report). It is kept across reconnects: the last size is a
+// better guess than none.
+func (c *Client) Fleet() int { return int(c.fleet.Load()) }
 
 // Connected returns the address of the control plane the stream is open
 // to, or "" while disconnected.
@@ -192,8 +205,14 @@ func (c *Client) session(ctx context.Context, addr string) (healthy bool, err er
 		if err != nil {
 			return healthy, fmt.Errorf("receive: %w", err)
 		}
+		// Fleet first, so a snapshot in the same message is applied
+		// knowing the current fleet size.
+		if fleet := resp.GetFleet(); fleet != nil {
+			c.setFleet(fleet.GetConnectedDataplanes())
+		}
 		snap := resp.GetSnapshot()
 		if snap == nil {
+			// Fleet status alone is not answered.
 			continue
 		}
 		healthy = true
@@ -201,6 +220,13 @@ func (c *Client) session(ctx context.Context, addr string) (healthy bool, err er
 		if err := stream.Send(c.answer(ctx, snap)); err != nil {
 			return true, fmt.Errorf("send answer: %w", recvErr(stream, err))
 		}
+	}
+}
+
+func (c *Client) setFleet(connected uint32) {
+	c.fleet.Store(connected)
+	if c.cfg.OnFleet != nil {
+		c.cfg.OnFleet(int(connected))
 	}
 }
 

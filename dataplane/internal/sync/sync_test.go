@@ -21,19 +21,22 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // cds is a tiny ConfigDiscoveryService: it reports every hello and answer
-// on channels and sends whatever the test puts on send.
+// on channels, sends every snapshot the test puts on send and every
+// response it puts on sendResponse.
 type cds struct {
 	meridianv1.UnimplementedConfigDiscoveryServiceServer
-	hellos  chan *meridianv1.StreamSnapshotsRequest
-	answers chan *meridianv1.StreamSnapshotsRequest
-	send    chan *meridianv1.Snapshot
+	hellos       chan *meridianv1.StreamSnapshotsRequest
+	answers      chan *meridianv1.StreamSnapshotsRequest
+	send         chan *meridianv1.Snapshot
+	sendResponse chan *meridianv1.StreamSnapshotsResponse
 }
 
 func newCDS() *cds {
 	return &cds{
-		hellos:  make(chan *meridianv1.StreamSnapshotsRequest, 16),
-		answers: make(chan *meridianv1.StreamSnapshotsRequest, 16),
-		send:    make(chan *meridianv1.Snapshot, 16),
+		hellos:       make(chan *meridianv1.StreamSnapshotsRequest, 16),
+		answers:      make(chan *meridianv1.StreamSnapshotsRequest, 16),
+		send:         make(chan *meridianv1.Snapshot, 16),
+		sendResponse: make(chan *meridianv1.StreamSnapshotsResponse, 16),
 	}
 }
 
@@ -67,6 +70,10 @@ func (s *cds) StreamSnapshots(stream grpc.BidiStreamingServer[meridianv1.StreamS
 		select {
 		case snap := <-s.send:
 			if err := stream.Send(&meridianv1.StreamSnapshotsResponse{Snapshot: snap}); err != nil {
+				return err
+			}
+		case resp := <-s.sendResponse:
+			if err := stream.Send(resp); err != nil {
 				return err
 			}
 		case err := <-recvErr:
@@ -134,14 +141,24 @@ func (a *applier) Applied() (uint64, string) {
 
 func startClient(t *testing.T, a *applier, addrs ...string) *Client {
 	t.Helper()
-	c, err := New(Config{
+	return runClient(t, testConfig(a, addrs...))
+}
+
+func testConfig(a *applier, addrs ...string) Config {
+	return Config{
 		Addresses:  addrs,
 		Node:       &meridianv1.Node{Id: "dp-1", Labels: map[string]string{"zone": "a"}, BuildVersion: "test", ListenAddress: ":8080"},
 		Applier:    a,
 		Log:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 		MinBackoff: 5 * time.Millisecond,
 		MaxBackoff: 50 * time.Millisecond,
-	})
+	}
+}
+
+// runClient runs a client with cfg until the test ends.
+func runClient(t *testing.T, cfg Config) *Client {
+	t.Helper()
+	c, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,6 +209,57 @@ func TestConnectAndAck(t *testing.T) {
 	}
 	if c.Connected() != addr {
 		t.Errorf("Connected() = %q, want %q", c.Connected(), addr)
+	}
+}
+
+func TestFleet(t *testing.T) {
+	s := newCDS()
+	addr, _ := serve(t, s, "127.0.0.1:0")
+	fleet := make(chan int, 16)
+	cfg := testConfig(&applier{}, addr)
+	cfg.OnFleet = func(connected int) { fleet <- connected }
+	c := runClient(t, cfg)
+	recv(t, s.hellos, "hello")
+	if c.Fleet() != 0 {
+		t.Errorf("Fleet() before any report = %d, want 0", c.Fleet())
+	}
+
+	// Fleet status alone is passed on, not applied and not answered.
+	s.sendResponse <- &meridianv1.StreamSnapshotsResponse{Fleet: &meridianv1.FleetStatus{ConnectedDataplanes: 3}}
+	if n := recv(t, fleet, "fleet size 3"); n != 3 {
+		t.Fatalf("OnFleet(%d), want 3", n)
+	}
+	if c.Fleet() != 3 || c.Received() != 0 {
+		t.Errorf("after fleet status: Fleet() = %d, Received() = %d, want 3, 0", c.Fleet(), c.Received())
+	}
+
+	// A snapshot with fleet status: both. Answers arrive in order, so the
+	// first one answering this snapshot shows the fleet status had none.
+	s.sendResponse <- &meridianv1.StreamSnapshotsResponse{
+		Snapshot: &meridianv1.Snapshot{Version: 5, Hash: "h5", Nonce: "n5"},
+		Fleet:    &meridianv1.FleetStatus{ConnectedDataplanes: 4},
+	}
+	if n := recv(t, fleet, "fleet size 4"); n != 4 {
+		t.Fatalf("OnFleet(%d), want 4", n)
+	}
+	ack := recv(t, s.answers, "ACK")
+	if ack.GetVersion() != 5 || ack.GetResponseNonce() != "n5" || ack.GetError() != nil {
+		t.Fatalf("first answer = %v, want the ACK of version 5", ack)
+	}
+	if c.Fleet() != 4 || c.Received() != 1 {
+		t.Errorf("after snapshot: Fleet() = %d, Received() = %d, want 4, 1", c.Fleet(), c.Received())
+	}
+
+	// A snapshot alone leaves the fleet size as it was.
+	s.send <- &meridianv1.Snapshot{Version: 6, Hash: "h6", Nonce: "n6"}
+	recv(t, s.answers, "ACK of version 6")
+	select {
+	case n := <-fleet:
+		t.Errorf("snapshot without fleet status called OnFleet(%d)", n)
+	default:
+	}
+	if c.Fleet() != 4 {
+		t.Errorf("Fleet() = %d after a snapshot alone, want 4", c.Fleet())
 	}
 }
 

@@ -73,7 +73,7 @@ func (rl *rateLimit) Allow(ctx context.Context, key string, now time.Time) local
 				rl.log.Info("global rate limit counting through Redis again", "limit", rl.name)
 			}
 			return local.Decision{Allowed: d.Allowed, Limit: d.Limit, Remaining: d.Remaining,
-				RetryAfter: d.RetryAfter, Reset: d.Reset} // TODO-WAIT
+				RetryAfter: d.RetryAfter, Reset: d.Reset, Wait: d.Wait}
 		}
 		if rl.failing.CompareAndSwap(false, true) {
 			rl.switches.Add(1)

@@ -42,24 +42,37 @@ func TestRedisCluster(t *testing.T) {
 
 	l := New(c, quietOptions())
 	keys := compositeKeys(24)
+	// Queue mode: an interval of 8h and a MaxWait of 9h queue one request.
+	const maxWait = 9 * time.Hour
 	tests := []struct {
 		name  string
 		limit Limit
+		// queued is how many requests past the limit are allowed with a Wait.
+		queued int64
 		// redisKeys is how many Redis keys one decision key creates.
 		redisKeys int
 	}{
-		{"token bucket", Limit{Name: "tenant:gold:tb", Algorithm: tokenBucket, Limit: 3, Period: period}, 1},
-		{"gcra", Limit{Name: "tenant:gold:gcra", Algorithm: gcra, Limit: 3, Period: period, Burst: 3}, 1},
-		{"sliding window", Limit{Name: "tenant:gold:sw", Algorithm: slidingWindow, Limit: 3, Period: period}, 2},
-		{"fixed window", Limit{Name: "per-consumer", Algorithm: fixedWindow, Limit: 3, Period: period}, 1},
+		{"token bucket", Limit{Name: "tenant:gold:tb", Algorithm: tokenBucket, Limit: 3, Period: period}, 0, 1},
+		{"gcra", Limit{Name: "tenant:gold:gcra", Algorithm: gcra, Limit: 3, Period: period, Burst: 3}, 0, 1},
+		{"sliding window", Limit{Name: "tenant:gold:sw", Algorithm: slidingWindow, Limit: 3, Period: period}, 0, 2},
+		{"fixed window", Limit{Name: "per-consumer", Algorithm: fixedWindow, Limit: 3, Period: period}, 0, 1},
+		{"token bucket queue", Limit{Name: "tenant:gold:tbq", Algorithm: tokenBucket, Limit: 3, Period: period, MaxWait: maxWait}, 1, 1},
+		{"gcra queue", Limit{Name: "tenant:gold:gcraq", Algorithm: gcra, Limit: 3, Period: period, Burst: 3, MaxWait: maxWait}, 1, 1},
+		{"token bucket batch", Limit{Name: "tenant:gold:tbb", Algorithm: tokenBucket, Limit: 3, Period: period, Batch: 2}, 0, 1},
+		{"sliding window batch", Limit{Name: "tenant:gold:swb", Algorithm: slidingWindow, Limit: 3, Period: period, Batch: 2}, 0, 2},
 	}
 	var wantKeys int64
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, key := range keys {
 				for i := range tt.limit.Limit {
-					if d := clusterAllow(t, l, tt.limit, key); !d.Allowed {
+					if d := clusterAllow(t, l, tt.limit, key); !d.Allowed || d.Wait != 0 {
 						t.Fatalf("key %q request %d: got %+v, want allowed", key, i, d)
+					}
+				}
+				for i := range tt.queued {
+					if d := clusterAllow(t, l, tt.limit, key); !d.Allowed || d.Wait <= 0 || d.Wait > maxWait {
+						t.Fatalf("key %q queued request %d: got %+v, want allowed with Wait in (0, %s]", key, i, d, maxWait)
 					}
 				}
 				for i := range 2 {

@@ -472,6 +472,13 @@ func TestInvalidLimit(t *testing.T) {
 		{"sub-millisecond period", Limit{Name: "n", Limit: 1, Period: time.Microsecond}},
 		{"negative burst", Limit{Name: "n", Limit: 1, Period: time.Second, Burst: -1}},
 		{"unknown algorithm", Limit{Name: "n", Limit: 1, Period: time.Second, Algorithm: 99}},
+		{"negative max wait", Limit{Name: "n", Limit: 1, Period: time.Second, MaxWait: -time.Second}},
+		{"max wait on sliding window", Limit{Name: "n", Limit: 1, Period: time.Second, Algorithm: slidingWindow, MaxWait: time.Second}},
+		{"max wait on fixed window", Limit{Name: "n", Limit: 1, Period: time.Second, Algorithm: fixedWindow, MaxWait: time.Second}},
+		{"negative batch", Limit{Name: "n", Limit: 10, Period: time.Second, Batch: -1}},
+		{"batch above limit", Limit{Name: "n", Limit: 10, Period: time.Second, Batch: 11}},
+		{"batch above maximum", Limit{Name: "n", Limit: 5000, Period: time.Second, Batch: MaxBatch + 1}},
+		{"batch with max wait", Limit{Name: "n", Limit: 10, Period: time.Second, Batch: 2, MaxWait: time.Second}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -495,6 +502,17 @@ func TestLimitFromSpec(t *testing.T) {
 	}{
 		{"gcra", &meridianv1.RateLimitSpec{Algorithm: gcra, Limit: 100, Period: durationpb.New(time.Second), Burst: 10},
 			Limit{Name: "r", Algorithm: gcra, Limit: 100, Period: time.Second, Burst: 10}, false},
+		{"queue", &meridianv1.RateLimitSpec{Algorithm: tokenBucket, Limit: 10, Period: durationpb.New(time.Second),
+			Queue: &meridianv1.RateLimitQueue{MaxWait: durationpb.New(500 * time.Millisecond)}},
+			Limit{Name: "r", Algorithm: tokenBucket, Limit: 10, Period: time.Second, MaxWait: 500 * time.Millisecond}, false},
+		{"local batch", &meridianv1.RateLimitSpec{Algorithm: slidingWindow, Limit: 100, Period: durationpb.New(time.Second), LocalBatch: 20},
+			Limit{Name: "r", Algorithm: slidingWindow, Limit: 100, Period: time.Second, Batch: 20}, false},
+		{"local batch of one", &meridianv1.RateLimitSpec{Limit: 100, Period: durationpb.New(time.Second), LocalBatch: 1},
+			Limit{Name: "r", Limit: 100, Period: time.Second, Batch: 1}, false},
+		{"queue without max wait", &meridianv1.RateLimitSpec{Limit: 10, Period: durationpb.New(time.Second), Queue: &meridianv1.RateLimitQueue{}}, Limit{}, true},
+		{"queue on a window", &meridianv1.RateLimitSpec{Algorithm: fixedWindow, Limit: 10, Period: durationpb.New(time.Second),
+			Queue: &meridianv1.RateLimitQueue{MaxWait: durationpb.New(time.Second)}}, Limit{}, true},
+		{"local batch above limit", &meridianv1.RateLimitSpec{Limit: 10, Period: durationpb.New(time.Second), LocalBatch: 20}, Limit{}, true},
 		{"nil spec", nil, Limit{}, true},
 		{"no period", &meridianv1.RateLimitSpec{Limit: 1}, Limit{}, true},
 		{"zero limit", &meridianv1.RateLimitSpec{Period: durationpb.New(time.Second)}, Limit{}, true},

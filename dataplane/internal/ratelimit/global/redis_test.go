@@ -16,7 +16,7 @@ import (
 
 // redisServer is a real redis-server child process owned by one test.
 type redisServer struct {
-	t      *testing.T
+	t      testing.TB
 	addr   string
 	port   int
 	dir    string
@@ -26,7 +26,7 @@ type redisServer struct {
 
 // startRedis starts a redis-server on a free loopback port and stops it when
 // the test ends. A missing redis-server fails the test: CI installs it.
-func startRedis(t *testing.T) *redisServer {
+func startRedis(t testing.TB) *redisServer {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatalf("redis-server not found (%v): install it (Debian: apt-get install redis-server); these tests need a real Redis", err)

@@ -327,6 +327,9 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	ip := clientip.New(o.trusted)
 	gwOpts := gateway.Options{Logger: log, ClientIP: ip}
 	if o.redis != nil {
+		// go-redis prints each failed dial on its own; the limiter logs
+		// every switch already, so these go to debug, as JSON.
+		redis.SetLogger(redisLogger{log})
 		rc := global.NewClient(o.redis)
 		defer rc.Close()
 		// The client connects lazily; a Redis that is down at boot only
@@ -473,4 +476,12 @@ func loadCache(ctx context.Context, gw *gateway.Gateway, store *cache.Store, log
 	if err := gw.Apply(ctx, snap, gateway.SourceCache); err != nil {
 		log.Warn("ignoring cached snapshot", "version", snap.GetVersion(), "error", err)
 	}
+}
+
+// redisLogger sends go-redis's internal messages to the process log at
+// debug level.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, "redis client", "message", fmt.Sprintf(format, v...))
 }

@@ -23,6 +23,9 @@ import (
 // global.ErrUnavailable), and the limit's onStoreFailure policy applies.
 type GlobalStore interface {
 	Allow(ctx context.Context, limit global.Limit, key string) (global.Decision, error)
+	// Available reports whether calls reach Redis; answers given while it
+	// does not (known over-limit keys) do not end a fallback.
+	Available() bool
 }
 
 // storeFailureRetry is the Retry-After of a request denied because the
@@ -68,9 +71,16 @@ func (rl *rateLimit) Allow(ctx context.Context, key string, now time.Time) local
 	if rl.remote != nil {
 		d, err := rl.remote.Allow(ctx, rl.limit, key)
 		if err == nil {
-			if rl.failing.CompareAndSwap(true, false) {
+			if rl.failing.Load() && rl.remote.Available() && rl.failing.CompareAndSwap(true, false) {
 				rl.switches.Add(1)
 				rl.log.Info("global rate limit counting through Redis again", "limit", rl.name)
+			}
+			if d.Allowed && rl.localFallback() {
+				// The share store also counts what Redis admits here, so
+				// when Redis fails it starts from this node's recent
+				// traffic instead of empty, which would let a whole
+				// share through on every node at the moment of the switch.
+				rl.shareStore().Allow(key, now)
 			}
 			return local.Decision{Allowed: d.Allowed, Limit: d.Limit, Remaining: d.Remaining,
 				RetryAfter: d.RetryAfter, Reset: d.Reset, Wait: d.Wait}
@@ -82,6 +92,15 @@ func (rl *rateLimit) Allow(ctx context.Context, key string, now time.Time) local
 		}
 	}
 	return rl.onStoreFailure(key, now)
+}
+
+// localFallback reports whether the limit falls back to local counting.
+func (rl *rateLimit) localFallback() bool {
+	switch rl.spec.GetOnStoreFailure() {
+	case meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_ALLOW, meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_DENY:
+		return false
+	}
+	return true
 }
 
 // onStoreFailure decides a request of a global limit without its store.
@@ -117,14 +136,18 @@ func (rl *rateLimit) shareStore() *local.Store {
 	return next.store
 }
 
-// newFleetShare builds the store enforcing 1/nodes of spec's limit and
-// burst, rounded up so that every node admits at least one request.
+// newFleetShare builds the store enforcing this node's share of spec:
+// limit/nodes per period (rounded up, so every node admits something),
+// paced by GCRA with bursts of up to a tenth of the share, whatever spec's
+// algorithm. Pacing bounds what any one period admits from any state to
+// 1.1 × the share; a window or a full token bucket would let a node that
+// was quiet, or whose Redis-admitted traffic came in bunches, admit up to
+// twice its share in the first period after the switch.
 func newFleetShare(spec *meridianv1.RateLimitSpec, nodes int64) (*fleetShare, error) {
 	s := proto.CloneOf(spec)
+	s.Algorithm = meridianv1.RateLimitAlgorithm_RATE_LIMIT_ALGORITHM_GCRA
 	s.Limit = ceilDiv(spec.GetLimit(), uint64(nodes))
-	if spec.GetBurst() > 0 {
-		s.Burst = ceilDiv(spec.GetBurst(), uint64(nodes))
-	}
+	s.Burst = max(s.Limit/10, 1)
 	store, err := local.New(s, local.Options{})
 	if err != nil {
 		return nil, err

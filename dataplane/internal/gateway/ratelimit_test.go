@@ -172,8 +172,9 @@ func TestGlobalStoreFailure(t *testing.T) {
 		fleet  int
 		want   []int
 	}{
-		{"local is the default", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_UNSPECIFIED, 2, 1, []int{200, 200, 429}},
-		{"local share of a fleet of 3", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_LOCAL, 6, 3, []int{200, 200, 429}},
+		// The share is paced: a tenth of it may come back to back.
+		{"local is the default", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_UNSPECIFIED, 30, 1, []int{200, 200, 200, 429}},
+		{"local share of a fleet of 3", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_LOCAL, 90, 3, []int{200, 200, 200, 429}},
 		{"local share rounds up", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_LOCAL, 1, 5, []int{200, 429}},
 		{"allow", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_ALLOW, 1, 1, []int{200, 200, 200}},
 		{"deny", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_DENY, 100, 1, []int{429, 429}},
@@ -244,5 +245,38 @@ func TestAllRoutesLimit(t *testing.T) {
 				t.Errorf("%s request %d: status %d, want %d", path, i+1, w.Code, want)
 			}
 		}
+	}
+}
+
+// TestLocalFallbackStartsFromRecentTraffic: what Redis admitted on this
+// data plane is counted in its local share too, so when Redis dies the
+// share is already spent instead of letting a whole share through again.
+func TestLocalFallbackStartsFromRecentTraffic(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer up.Close()
+	limiter, kill := liveRedis(t)
+	g := New(Options{Logger: discardLogger(), Redis: limiter})
+	defer g.Close()
+	g.SetFleetSize(3) // a share of 40 of the 120, 4 of them back to back
+	rl := rateLimitRes("fleet", meridianv1.RateLimitScope_RATE_LIMIT_SCOPE_GLOBAL, 120, "route")
+	rl.GetRateLimit().Spec.Algorithm = meridianv1.RateLimitAlgorithm_RATE_LIMIT_ALGORITHM_FIXED_WINDOW
+	if err := g.Apply(context.Background(), snapshot(1, upstreamRes("up", targets(up.Listener.Addr().String())), rl,
+		limitedRoute("r", "up", "/", "fleet")), SourceControlPlane); err != nil {
+		t.Fatal(err)
+	}
+	h := g.Handler(proxy.HandlerConfig{})
+	status := func() int {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/", nil))
+		return w.Code
+	}
+	for i := range 6 {
+		if got := status(); got != http.StatusOK {
+			t.Fatalf("request %d through Redis: status %d, want 200 (6 of 120 per hour)", i+1, got)
+		}
+	}
+	kill()
+	if got := status(); got != http.StatusTooManyRequests {
+		t.Errorf("first request with Redis dead: status %d, want 429 (the share's burst of 4 was spent through Redis)", got)
 	}
 }

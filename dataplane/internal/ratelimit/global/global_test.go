@@ -530,3 +530,49 @@ func TestLimitFromSpec(t *testing.T) {
 		})
 	}
 }
+
+// TestQueuedBatchSharesTheTimeout: requests queued behind a call that uses
+// up the whole timeout (Redis paused) do not make a call of their own
+// afterwards, which would delay them by a second timeout; they fail with
+// ErrUnavailable at once, and only the first call reached Redis.
+func TestQueuedBatchSharesTheTimeout(t *testing.T) {
+	const callers = 20
+	srv := startRedis(t)
+	c := srv.client()
+	hook := &blockingHook{entered: make(chan struct{}), release: make(chan struct{})}
+	c.AddHook(hook)
+	l := New(c, Options{Timeout: 200 * time.Millisecond, BreakerFailures: 100, Logger: quietOptions().Logger})
+	limit := Limit{Name: "budget", Algorithm: tokenBucket, Limit: 1000, Period: time.Second}
+
+	errs := make(chan error, callers)
+	var wg sync.WaitGroup
+	call := func() {
+		defer wg.Done()
+		_, err := l.Allow(context.Background(), limit, "hot")
+		errs <- err
+	}
+	wg.Add(1)
+	go call()
+	<-hook.entered
+	wg.Add(callers - 1)
+	for range callers - 1 {
+		go call()
+	}
+	for l.Stats().Coalesced < callers-2 {
+		time.Sleep(time.Millisecond)
+	}
+	// The first call is held until its deadline has passed, as a paused
+	// Redis would hold it; the queued batch's budget runs out meanwhile.
+	time.Sleep(300 * time.Millisecond)
+	close(hook.release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, ErrUnavailable) {
+			t.Errorf("Allow: got %v, want ErrUnavailable", err)
+		}
+	}
+	if st := l.Stats(); st.ScriptCalls != 1 || st.FastFailures != callers-1 {
+		t.Fatalf("stats %+v: want 1 script call and %d requests failed without one", st, callers-1)
+	}
+}

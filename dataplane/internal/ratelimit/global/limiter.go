@@ -312,6 +312,10 @@ type batch struct {
 	done   chan struct{} // closed when res and err are set
 	res    result
 	err    error
+	// deadline is the Timeout counted from when the batch's first request
+	// arrived: waiting behind another call spends the same budget as the
+	// batch's own call, so no request waits much past one Timeout.
+	deadline time.Time
 }
 
 // result is a script's answer.
@@ -379,10 +383,19 @@ func New(client redis.UniversalClient, opts Options) *Limiter {
 // NewClient returns a go-redis universal client for opts (one address:
 // standalone; MasterName set: Sentinel; several addresses or IsClusterMode:
 // Cluster) that honours context deadlines, so Options.Timeout bounds every
-// call. opts is not modified.
+// call, and fails fast: a refused connection or a failed command is not
+// retried (unless opts asks for retries), because a decision Redis cannot
+// make in time is answered by the limit's onStoreFailure policy and
+// retrying would only spend the timeout. opts is not modified.
 func NewClient(opts *redis.UniversalOptions) redis.UniversalClient {
 	o := *opts
 	o.ContextTimeoutEnabled = true
+	if o.MaxRetries == 0 {
+		o.MaxRetries = -1
+	}
+	if o.DialerRetries == 0 {
+		o.DialerRetries = 1
+	}
 	return redis.NewUniversalClient(&o)
 }
 
@@ -466,7 +479,7 @@ func (l *Limiter) Allow(ctx context.Context, limit Limit, key string) (Decision,
 		// Nothing in flight: run a batch of one right away.
 		s = &slot{}
 		l.inflight[rkey] = s
-		b := &batch{n: 1, done: make(chan struct{})}
+		b := &batch{n: 1, done: make(chan struct{}), deadline: now.Add(l.timeout)}
 		l.mu.Unlock()
 		l.run(limit, rkey, b)
 		return l.decide(limit, b, 0)
@@ -474,7 +487,7 @@ func (l *Limiter) Allow(ctx context.Context, limit Limit, key string) (Decision,
 	b := s.next
 	leader := b == nil
 	if leader {
-		b = &batch{start: make(chan struct{}), done: make(chan struct{})}
+		b = &batch{start: make(chan struct{}), done: make(chan struct{}), deadline: now.Add(l.timeout)}
 		s.next = b
 	}
 	idx := b.n
@@ -506,7 +519,7 @@ func (l *Limiter) Allow(ctx context.Context, limit Limit, key string) (Decision,
 func (l *Limiter) run(limit Limit, rkey string, b *batch) {
 	sent := time.Now()
 	demand := b.n - b.local
-	b.res, b.err = l.call(limit, rkey, max(limit.Batch, demand), demand)
+	b.res, b.err = l.call(limit, rkey, max(limit.Batch, demand), demand, b.deadline)
 	var surplus int64
 	if b.err == nil {
 		surplus = max(b.res.granted-demand, 0)
@@ -626,13 +639,19 @@ func (l *Limiter) keep(limit Limit, rkey string, tokens int64, res result, sent 
 }
 
 // call runs limit's script for n tokens on rkey, on behalf of demand
-// requests, behind the breaker and bounded by the timeout.
-func (l *Limiter) call(limit Limit, rkey string, n, demand int64) (result, error) {
+// requests, behind the breaker and bounded by deadline.
+func (l *Limiter) call(limit Limit, rkey string, n, demand int64, deadline time.Time) (result, error) {
+	if !time.Now().Before(deadline) {
+		// The batch spent its budget waiting behind a call that took the
+		// whole timeout; Redis is not known to have failed this call.
+		l.fastFailures.Add(uint64(demand))
+		return result{}, fmt.Errorf("%w: timed out waiting behind another call", ErrUnavailable)
+	}
 	if !l.brk.acquire(time.Now()) {
 		l.fastFailures.Add(uint64(demand))
 		return result{}, fmt.Errorf("%w: breaker open", ErrUnavailable)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	l.scriptCalls.Add(1)
 	res, err := l.eval(ctx, limit, rkey, n)

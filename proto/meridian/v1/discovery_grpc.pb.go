@@ -33,6 +33,7 @@ type ConfigDiscoveryServiceClient interface {
 	// plane sends a snapshot only when that version is not current, and after
 	// every later change. The data plane answers each snapshot with an ACK
 	// (version = the snapshot's) or a NACK (error set, version = what it kept).
+	// Messages carrying only fleet status are not answered.
 	StreamSnapshots(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[StreamSnapshotsRequest, StreamSnapshotsResponse], error)
 }
 
@@ -68,6 +69,7 @@ type ConfigDiscoveryServiceServer interface {
 	// plane sends a snapshot only when that version is not current, and after
 	// every later change. The data plane answers each snapshot with an ACK
 	// (version = the snapshot's) or a NACK (error set, version = what it kept).
+	// Messages carrying only fleet status are not answered.
 	StreamSnapshots(grpc.BidiStreamingServer[StreamSnapshotsRequest, StreamSnapshotsResponse]) error
 	mustEmbedUnimplementedConfigDiscoveryServiceServer()
 }

@@ -1892,6 +1892,8 @@ type RetryPolicy struct {
 	Backoff *Backoff `protobuf:"bytes,3,opt,name=backoff,proto3" json:"backoff,omitempty"`
 	// Retries may add at most this percentage to the route's request volume.
 	BudgetPercent uint32 `protobuf:"varint,4,opt,name=budget_percent,json=budgetPercent,proto3" json:"budget_percent,omitempty"`
+	// Also retry methods that are not idempotent (POST, PATCH); off by default.
+	NonIdempotent bool `protobuf:"varint,5,opt,name=non_idempotent,json=nonIdempotent,proto3" json:"non_idempotent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1952,6 +1954,13 @@ func (x *RetryPolicy) GetBudgetPercent() uint32 {
 		return x.BudgetPercent
 	}
 	return 0
+}
+
+func (x *RetryPolicy) GetNonIdempotent() bool {
+	if x != nil {
+		return x.NonIdempotent
+	}
+	return false
 }
 
 // Backoff is exponential with full jitter between base and max.
@@ -3190,12 +3199,13 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
 	"\bAddEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb7\x01\n" +
 	"\vRetryPolicy\x12\x1a\n" +
 	"\battempts\x18\x01 \x01(\rR\battempts\x12\x0e\n" +
 	"\x02on\x18\x02 \x03(\tR\x02on\x12.\n" +
 	"\abackoff\x18\x03 \x01(\v2\x14.meridian.v1.BackoffR\abackoff\x12%\n" +
-	"\x0ebudget_percent\x18\x04 \x01(\rR\rbudgetPercent\"e\n" +
+	"\x0ebudget_percent\x18\x04 \x01(\rR\rbudgetPercent\x12%\n" +
+	"\x0enon_idempotent\x18\x05 \x01(\bR\rnonIdempotent\"e\n" +
 	"\aBackoff\x12-\n" +
 	"\x04base\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x04base\x12+\n" +
 	"\x03max\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03max\"\x88\x01\n" +

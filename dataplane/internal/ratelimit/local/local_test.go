@@ -2,6 +2,7 @@ package local
 
 import (
 	"errors"
+	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -341,6 +342,40 @@ func TestMemoryBound(t *testing.T) {
 	if got := s.Sweep(now.Add(2 * time.Second)); got == 0 || s.Len() != 0 {
 		t.Errorf("Sweep dropped %d, Len now %d; want everything dropped", got, s.Len())
 	}
+}
+
+// memoryCap is the stated bound on what one local limit holds for one
+// million distinct client addresses with the default key cap (docs say
+// about 8 MiB for 100,000 keys).
+const memoryCap = 16 << 20
+
+// TestMemoryCapBytes sends one million distinct client addresses through
+// a store with the default key cap and checks the live heap it keeps,
+// measured after a GC, stays under memoryCap.
+func TestMemoryCapBytes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("allocates a million keys")
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before := heap()
+	s := mustNew(t, spec(tokenBucketAlgo, 100, time.Second, 0), Options{})
+	for i := range 1_000_000 {
+		s.Allow("10."+strconv.Itoa(i>>16)+"."+strconv.Itoa(i>>8&255)+"."+strconv.Itoa(i&255), base)
+	}
+	used := int64(heap()) - int64(before)
+	t.Logf("1M distinct keys: %d tracked, %.1f MiB live", s.Len(), float64(used)/(1<<20))
+	if s.Len() > DefaultMaxKeys {
+		t.Fatalf("Len = %d, want at most %d", s.Len(), DefaultMaxKeys)
+	}
+	if used > memoryCap {
+		t.Errorf("store holds %.1f MiB after 1M distinct keys, want under %d MiB", float64(used)/(1<<20), memoryCap>>20)
+	}
+	runtime.KeepAlive(s)
 }
 
 func TestSmallMaxKeys(t *testing.T) {

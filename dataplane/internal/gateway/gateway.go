@@ -60,6 +60,9 @@ type Config struct {
 	// limits are the RateLimits by name; a RateLimit whose spec did not
 	// change is carried over, so its buckets survive the push.
 	limits map[string]*rateLimit
+	// breakers are the circuit breaker instances by scope key; like
+	// limits, an unchanged one is carried over with its state.
+	breakers map[string]*breakerInstance
 }
 
 // Version returns the snapshot version.
@@ -332,6 +335,13 @@ func (g *Gateway) compile(ctx context.Context, snap *meridianv1.Snapshot, prev *
 	}
 	limits, errs := g.compileRateLimits(rs, liveLimits)
 	c.limits = limits
+	var liveBreakers map[string]*breakerInstance
+	if prev != nil {
+		liveBreakers = prev.breakers
+	}
+	breakers, routeBrk, brkErrs := compileBreakers(rs, liveBreakers)
+	c.breakers = breakers
+	errs = append(errs, brkErrs...)
 	for _, r := range rs {
 		jp := r.GetJwtProvider()
 		if jp == nil {
@@ -377,9 +387,11 @@ func (g *Gateway) compile(ctx context.Context, snap *meridianv1.Snapshot, prev *
 			errs = append(errs, &config.FieldError{Kind: config.KindRoute, Name: name, Path: "spec.upstream", Msg: fmt.Sprintf("upstream %q not found", rt.GetSpec().GetUpstream())})
 			continue
 		}
+		rb := routeBrk[name]
 		h, err := proxy.NewRoute(proxy.RouteConfig{
 			Name: name, Spec: rt.GetSpec(), Pool: pool,
 			Buffers: g.buffers, Log: g.log, ErrorLog: g.errorLog,
+			Breaker: rb.shared, TargetBreaker: rb.targetBreaker(), Fallback: rb.fallback,
 		})
 		if err != nil {
 			errs = appendErr(errs, err)

@@ -1,8 +1,9 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
-	"errors"
+	"io"
 	"log"
 	"log/slog"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/breaker"
 	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
 	"github.com/meridian-gw/meridian/proto/config"
@@ -32,6 +34,16 @@ type RouteConfig struct {
 	Log *slog.Logger
 	// ErrorLog receives net/http's own proxy messages; nil uses Log.
 	ErrorLog *log.Logger
+	// Breaker guards the route when its CircuitBreaker has scope upstream or
+	// route; nil: none.
+	Breaker *breaker.Breaker
+	// TargetBreaker returns the breaker of one target address when the
+	// CircuitBreaker has scope target; nil: none. It returns nil for an
+	// address it does not know. Breaker takes precedence when both are set.
+	TargetBreaker func(address string) *breaker.Breaker
+	// Fallback is what a rejecting breaker answers; nil: 503 with a JSON
+	// error body.
+	Fallback *meridianv1.Fallback
 }
 
 // Route forwards the requests of one route to its upstream. It is
@@ -41,10 +53,61 @@ type RouteConfig struct {
 // (forward.go); the others go through httputil.ReverseProxy.
 //
 // The route timeout bounds a whole exchange (until the response body is
-// sent) of ordinary requests. It is not applied to requests that open a
-// long-lived stream: protocol upgrades (WebSocket), gRPC calls (they carry
-// their own grpc-timeout deadline) and server-sent events subscriptions
-// (Accept: text/event-stream).
+// sent) of ordinary requests, retries and the waits between them
+// included; when it expires before a response, the client gets a 504. It
+// is not applied to requests that open a long-lived stream: protocol
+// upgrades (WebSocket), gRPC calls (they carry their own grpc-timeout
+// deadline) and server-sent events subscriptions (Accept:
+// text/event-stream). Connecting is bounded by the upstream's
+// timeouts.connect, in its transport's dialer.
+//
+// A circuit breaker (RouteConfig.Breaker, or TargetBreaker per target) is
+// asked before every attempt. A refusal of the first attempt answers the
+// fallback (default: 503 {"error":"circuit breaker open"}) with
+// X-Meridian-Breaker: open or half-open, and nothing reaches the upstream;
+// with scope target another target is picked first, a few times at most.
+// The outcome is recorded when the response header arrives (latency: time
+// to header), so a streamed body never counts as in flight: a status the
+// breaker's failureStatuses lists, a connect failure or a reset is a
+// Failure, the route timeout (or another transport timeout) a Timeout, a
+// client gone away Canceled, anything else a Success.
+//
+// Retries (spec.retry) happen on the lean path only; requests that take
+// ReverseProxy (upgrades, gRPC, Expect: 100-continue, queries it would
+// re-encode, h2c upstreams) are tried once. attempts is the number of
+// retries after the first try (at most MaxRetries). Conditions (spec.retry.on,
+// default connect_failure and reset):
+//   - connect_failure: no connection (refused, unreachable, connect timeout,
+//     TLS handshake failure);
+//   - reset: the connection broke before a whole response header arrived;
+//   - timeout: a transport timeout before the route's deadline (a connect
+//     or TLS handshake timeout). There is no per-attempt timeout: an
+//     attempt cut by the route timeout ends the request with a 504 and is
+//     never retried, and an upstream's own 504 is retried by "504",
+//     gateway_error or 5xx;
+//   - 5xx: a response status of 500-599; gateway_error: 502, 503 or 504.
+//     Both also retry an attempt that got no response at all (which the
+//     gateway would answer with 502 or 504);
+//   - "503" and the like: a response with that status.
+//
+// Only idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) are
+// retried unless spec.retry.nonIdempotent. A request body is buffered for
+// replay when its length is known and at most MaxReplayBody (or
+// spec.maxBodyBytes if smaller); a longer or chunked body is sent once,
+// streamed, and never retried. Each retry waits a full-jitter backoff,
+// uniform in [0, min(max, base·2ⁿ)) before retry n (base 25ms when unset,
+// 0s for none; max 10×base when unset), goes to a target not tried yet when
+// the upstream has one, and is asked of the breaker again. Retries may add
+// at most spec.retry.budgetPercent (default 20) percent to the route's
+// requests that went upstream over the last 10 s, or 3 retries in the
+// current second if that is more.
+//
+// When a wanted retry is not made (no attempts left, no budget, the
+// breaker open or refusing, no healthy target, or the backoff would end
+// past the route's deadline) the client gets the last attempt's result:
+// the upstream's response, or the 502/504 its failure maps to. Only a
+// client gone away or the deadline passing during the backoff wait itself
+// ends the request differently (nothing, or a 504).
 type Route struct {
 	name        string
 	pool        *upstream.Pool
@@ -60,6 +123,13 @@ type Route struct {
 	buffers     *BufferPool
 	lean        bool // the upstream is not h2c, so the lean path may serve
 	log         *slog.Logger
+
+	breaker       *breaker.Breaker
+	targetBreaker func(address string) *breaker.Breaker
+	fallback      *fallback    // nil: the default JSON answer
+	retry         *retryPolicy // nil: no retries
+	guarded       bool         // a breaker or retries: serve reads the clock first
+	picks         int          // how many picks admit may make for one attempt
 }
 
 // NewRoute builds the handler of one route. Errors are *config.FieldError.
@@ -77,6 +147,18 @@ func NewRoute(c RouteConfig) (*Route, error) {
 		response:    compileHeaderOps(spec.GetHeaders().GetResponse()),
 		buffers:     c.Buffers,
 		log:         c.Log,
+
+		breaker:  c.Breaker,
+		fallback: newFallback(c.Fallback),
+	}
+	if c.Breaker == nil {
+		rt.targetBreaker = c.TargetBreaker
+	}
+	// A few picks to find a target not tried yet or whose breaker admits;
+	// with one target there is nothing else to find.
+	rt.picks = 1
+	if n := len(c.Pool.Targets()); n > 1 {
+		rt.picks = min(n+1, 4)
 	}
 	// An h2c upstream keeps ReverseProxy: its transport speaks HTTP/2
 	// without TLS, which the lean path is not meant for.
@@ -93,6 +175,12 @@ func NewRoute(c RouteConfig) (*Route, error) {
 		}
 		rt.path = parts
 	}
+	retry, err := newRetryPolicy(c.Name, spec.GetRetry(), rt.maxBody)
+	if err != nil {
+		return nil, err
+	}
+	rt.retry = retry
+	rt.guarded = rt.breaker != nil || rt.targetBreaker != nil || rt.retry != nil
 	errorLog := c.ErrorLog
 	if errorLog == nil {
 		errorLog = slog.NewLogLogger(c.Log.Handler(), slog.LevelWarn)
@@ -136,39 +224,76 @@ func (rt *Route) serve(w http.ResponseWriter, r *http.Request, newID string) {
 		rt.writeEarly(w, newID, lean, http.StatusRequestEntityTooLarge, bodyTooLarge)
 		return
 	}
-	t, err := rt.pool.Pick(r)
+	var p plan
+	if lean && rt.retry != nil && rt.retry.allows(r) {
+		p.retry = true
+		if r.ContentLength > 0 && r.Body != nil && r.Body != http.NoBody {
+			// Read before the breaker is asked, so that a slow client's
+			// upload does not count as the upstream's latency.
+			p.replay = make([]byte, r.ContentLength)
+			if _, err := io.ReadFull(r.Body, p.replay); err != nil {
+				rt.writeEarly(w, newID, lean, http.StatusBadRequest, bodyBadBody)
+				return
+			}
+		}
+	}
+	if rt.guarded {
+		p.start = time.Now()
+	}
+	a, err := rt.admit(r, p.start, nil)
 	if err != nil {
-		// upstream.ErrNoHealthyTarget, its only error: every target is
-		// down or ejected (or there is none), so answer now, not queue.
+		if rejected(err) {
+			rt.writeFallback(w, newID, lean, err)
+			return
+		}
+		// upstream.ErrNoHealthyTarget, the pool's only error: every
+		// target is down or ejected (or there is none), so answer now,
+		// not queue.
 		rt.writeEarly(w, newID, lean, http.StatusServiceUnavailable, bodyNoHealthy)
 		return
+	}
+	if rt.retry != nil {
+		rt.retry.budget.request(p.start.Unix())
 	}
 	if rt.maxBody > 0 && r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
 		// A body of unknown length (chunked, HTTP/2 without
 		// content-length) is cut where it passes the limit; the transport
-		// returns the *http.MaxBytesError to upstreamError.
+		// returns the *http.MaxBytesError, answered with 413.
 		r.Body = http.MaxBytesReader(w, r.Body, rt.maxBody)
 	}
 	if lean {
-		rt.forward(w, r, t, newID)
+		p.newID = newID
+		rt.forward(w, r, a, p)
 		return
 	}
 	// The target travels to rewrite on the request: ReverseProxy clones r
 	// and the clone keeps the URL's scheme and host.
 	r.URL.Scheme = rt.pool.Scheme()
-	r.URL.Host = t.Address()
+	r.URL.Host = a.target.Address()
 
 	x := exchanges.Get().(*exchange)
 	x.ResponseWriter = w
 	x.ids = w.Header()[headerRequestID]
-	x.start = time.Now()
-	defer rt.finish(x, t)
+	x.start = p.start
+	if x.start.IsZero() {
+		x.start = time.Now()
+	}
+	x.try = a
+	defer rt.finish(x, a.target)
 	if rt.timeout > 0 && !longLived(r) {
 		ctx, cancel := context.WithTimeout(r.Context(), rt.timeout)
 		defer cancel()
 		r = r.WithContext(ctx)
 	}
 	rt.rp.ServeHTTP(x, r)
+}
+
+// plan is what serve decided about a request before its first attempt.
+type plan struct {
+	newID  string    // a request id the gateway generated, or ""
+	start  time.Time // when the first attempt was admitted; zero if the route is not guarded
+	retry  bool      // the policy, the method and the body allow retries
+	replay []byte    // the buffered request body of a retryable request, or nil
 }
 
 // writeEarly answers before any upstream was tried. On the lean path the
@@ -188,6 +313,10 @@ func (rt *Route) finish(x *exchange, t *upstream.Target) {
 		// A protocol switch hijacks the connection without WriteHeader.
 		o.Status = http.StatusSwitchingProtocols
 		o.Latency = time.Since(x.start)
+	}
+	if x.try.breaker != nil {
+		// Neither a status nor an error: an aborted response.
+		x.try.recordFailure(failure{kind: failCanceled}, time.Since(x.start))
 	}
 	rt.pool.Done(t, o)
 	*x = exchange{}
@@ -221,6 +350,7 @@ type exchange struct {
 	latency time.Duration
 	status  int
 	err     error
+	try     try // its breaker, if any, is recorded with the first final status
 }
 
 var exchanges = sync.Pool{New: func() any { return new(exchange) }}
@@ -238,6 +368,7 @@ func (x *exchange) WriteHeader(code int) {
 	if x.status == 0 && code >= 200 {
 		x.status = code
 		x.latency = time.Since(x.start)
+		x.recordStatus()
 		if h := x.Header(); x.ids != nil && h[headerRequestID] == nil {
 			// ReverseProxy clears the header map after relaying a 1xx.
 			h[headerRequestID] = x.ids
@@ -251,8 +382,24 @@ func (x *exchange) Write(p []byte) (int, error) {
 	if x.status == 0 {
 		x.status = http.StatusOK
 		x.latency = time.Since(x.start)
+		x.recordStatus()
 	}
 	return x.ResponseWriter.Write(p)
+}
+
+// recordStatus reports the relayed status to the breaker, if any.
+func (x *exchange) recordStatus() {
+	x.try.recordStatus(x.status, x.latency)
+}
+
+// Hijack is how ReverseProxy takes over the connection after a 101
+// Switching Protocols: the upgrade succeeded, so the breaker learns it now
+// rather than when the connection closes.
+func (x *exchange) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if x.status == 0 && x.try.breaker != nil {
+		x.try.recordStatus(http.StatusSwitchingProtocols, time.Since(x.start))
+	}
+	return http.NewResponseController(x.ResponseWriter).Hijack()
 }
 
 // Unwrap returns the client's ResponseWriter.
@@ -356,53 +503,35 @@ func (rt *Route) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	if ok {
 		ids = x.ids
 	}
-	o := rt.upstreamError(w, r, err, ids)
+	f := classify(r, err)
 	if ok {
 		x.latency = time.Since(x.start)
+		// Before writing: the answer's status is the gateway's, not the
+		// upstream's.
+		x.try.recordFailure(f, x.latency)
+	}
+	rt.writeFailure(w, r, f, err, ids)
+	if ok {
+		o := f.poolOutcome(err, x.latency)
 		x.status, x.err = o.Status, o.Err
 	}
 }
 
-// upstreamError answers when no upstream response could be relayed, with
-// ids as the response's X-Request-Id when set, and returns what the
-// attempt tells about the target (Latency left to the caller). The status
-// says whose fault it was: 413 the client's body, 502 a connect failure or
-// reset, 504 a timeout.
-func (rt *Route) upstreamError(w http.ResponseWriter, r *http.Request, err error, ids []string) upstream.Outcome {
-	status, body := http.StatusBadGateway, bodyBadGateway
-	var tooLarge *http.MaxBytesError
-	var opErr *net.OpError
-	var netErr net.Error
-	clientGone := errors.Is(r.Context().Err(), context.Canceled)
-	switch {
-	case errors.As(err, &tooLarge):
-		status, body = http.StatusRequestEntityTooLarge, bodyTooLarge
-	case errors.As(err, &opErr) && opErr.Op == "dial":
-		status, body = http.StatusBadGateway, bodyConnectFailed
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
-		status, body = http.StatusGatewayTimeout, bodyGatewayTime
-	}
-	var o upstream.Outcome
-	switch {
-	case status == http.StatusRequestEntityTooLarge:
-		o.Status = status // the client's fault, not the upstream's
-	case clientGone:
-		o.Err = context.Canceled
-	default:
-		o.Err = err
-	}
+// writeFailure answers when no upstream response could be relayed, with
+// ids as the response's X-Request-Id when set, and logs err (at debug
+// level when it was the client's doing).
+func (rt *Route) writeFailure(w http.ResponseWriter, r *http.Request, f failure, err error, ids []string) {
 	level := slog.LevelWarn
-	if clientGone || status == http.StatusRequestEntityTooLarge {
+	if f.kind == failCanceled || f.kind == failTooLarge {
 		level = slog.LevelDebug
 	}
 	rt.log.LogAttrs(r.Context(), level, "upstream error",
 		slog.String("route", rt.name), slog.String("upstream", rt.pool.Name()),
-		slog.Int("status", status), slog.String("error", err.Error()))
+		slog.Int("status", f.status), slog.String("error", err.Error()))
 	if ids != nil {
 		w.Header()[headerRequestID] = ids
 	}
-	writeJSON(w, status, body)
-	return o
+	writeJSON(w, f.status, f.body)
 }
 
 // headerOps are applied in the order remove, set, add.

@@ -181,6 +181,37 @@ spec:
 EOF
 }
 
+# meridian_config_resilience FILE: the one-route config of meridian_config
+# with a CircuitBreaker on the route (closed throughout: a healthy nginx
+# never reaches a 50% error rate, a 1s p99 or 50 failures in a row), so
+# every request is admitted by the breaker and its outcome recorded, plus
+# retries (never needed, so only the budget is counted) and a route
+# timeout (a deadline on every request).
+meridian_config_resilience() {
+	meridian_config "$1"
+	cat >>"$1" <<EOF
+  timeout: 5s
+  retry: {attempts: 2, on: [connect_failure, "503"], backoff: {base: 10ms, max: 100ms}, budgetPercent: 20}
+  circuitBreaker: bench
+---
+apiVersion: meridian/v1
+kind: CircuitBreaker
+metadata: {name: bench}
+spec:
+  window: 10s
+  bucket: 100ms
+  minRequests: 20
+  trip:
+    errorRate: 0.5
+    latency: {quantile: 0.99, threshold: 1s}
+    consecutiveFailures: 50
+  open: {duration: 5s}
+  halfOpen: {probes: 1, successes: 3}
+  scope: route
+  fallback: {status: 503, body: '{"error":"upstream unavailable"}', headers: {Content-Type: application/json}}
+EOF
+}
+
 # meridian_config_routes FILE N: the same plus N routes to a decoy upstream
 # (a closed port): a third each exact, prefix and two-parameter template,
 # most of them under /api/v1/ like the request path.

@@ -5,14 +5,17 @@
 # One upstream (nginx, 1 worker, answers every request with a 1 KiB body).
 # Every proxy keeps connections to it alive and adds X-Forwarded-For. wrk
 # (-t1 -c50) hits, in turn, the upstream directly, each proxy, Meridian
-# with 10,000 extra routes and Meridian with its route behind JWT
+# with 10,000 extra routes, Meridian with its route behind JWT
 # authentication (RS256: every request carries the same token, verified
-# once and then served from the verified-token cache) and Meridian with a
+# once and then served from the verified-token cache), Meridian with a
 # global rate limit counted in Redis (redis-server on CPU_LOAD) that never
-# limits; ROUNDS rounds interleave the targets (the order
-# rotates each round) so a noisy neighbour hurts every target alike. Medians
-# over rounds are printed with the ratios the project tracks
-# (docs/benchmarks.md).
+# limits, and Meridian with its route behind a circuit breaker that stays
+# closed, retries that are never needed and a route timeout
+# (meridian-resilience: the cost of the breaker's bookkeeping, the retry
+# budget and the deadline on every request); ROUNDS rounds interleave the
+# targets (the order rotates each round) so a noisy neighbour hurts every
+# target alike. Medians over rounds are printed with the ratios the project
+# tracks (docs/benchmarks.md).
 #
 # CPU layout (made for a 2-core machine; override with CPU_LOAD / CPU_PROXY):
 #   CPU_LOAD  (default 0): wrk, the upstream nginx, the control planes (idle
@@ -28,8 +31,8 @@
 #   RESULTS (a file to copy the per-round results to, tab-separated: round,
 #   target, req/s, p50 ms, p99 ms, errors, req/CPU-s), TARGETS (the targets
 #   to measure, space-separated, from: direct nginx haproxy caddy bareproxy
-#   meridian meridian-10k meridian-jwt meridian-rl; default all of them; ratios are printed for the
-#   pairs measured).
+#   meridian meridian-10k meridian-jwt meridian-rl meridian-resilience; default all of them;
+#   ratios are printed for the pairs measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -41,7 +44,7 @@ ROUTES=${ROUTES:-10000}
 BUILD=${BUILD:-1}
 CPU_LOAD=${CPU_LOAD:-0}
 CPU_PROXY=${CPU_PROXY:-1}
-ALL_TARGETS="direct nginx haproxy caddy bareproxy meridian meridian-10k meridian-jwt meridian-rl"
+ALL_TARGETS="direct nginx haproxy caddy bareproxy meridian meridian-10k meridian-jwt meridian-rl meridian-resilience"
 read -r -a TARGETS <<<"${TARGETS:-$ALL_TARGETS}"
 for t in "${TARGETS[@]}"; do
 	case " $ALL_TARGETS " in *" $t "*) ;; *) echo "$0: TARGETS: unknown target $t (known: $ALL_TARGETS)" >&2; exit 2 ;; esac
@@ -192,6 +195,10 @@ if wanted meridian-rl; then
 	meridian_config_ratelimit "$TMP/meridian-rl.yaml"
 	start_meridian meridian-rl "$TMP/meridian-rl.yaml" "$ROOT/bin/dataplane" MERIDIAN_REDIS="127.0.0.1:$redis"
 fi
+if wanted meridian-resilience; then
+	meridian_config_resilience "$TMP/meridian-resilience.yaml"
+	start_meridian meridian-resilience "$TMP/meridian-resilience.yaml" "$ROOT/bin/dataplane"
+fi
 
 for t in "${TARGETS[@]}"; do
 	# A target that wants a token must refuse a request without one.
@@ -205,6 +212,16 @@ if wanted meridian-rl; then
 		{ echo "$0: meridian-rl answers without its RateLimit-Policy header" >&2; exit 1; }
 	[ "$(redis-cli -p "$redis" info commandstats | grep -c 'cmdstat_eval')" -gt 0 ] ||
 		{ echo "$0: meridian-rl made no Redis script call" >&2; exit 1; }
+fi
+if wanted meridian-resilience; then
+	# check_body above proved the route answers 200 with the body, which
+	# the data plane only does once it has applied the whole snapshot,
+	# breaker included; a closed breaker adds no X-Meridian-Breaker header.
+	hdrs=$(curl -s -D - -o /dev/null "http://127.0.0.1:${PORT[meridian-resilience]}$REQ_PATH")
+	if grep -qi '^X-Meridian-Breaker:' <<<"$hdrs"; then
+		echo "$0: meridian-resilience answers with an X-Meridian-Breaker header: its breaker is not closed" >&2
+		exit 1
+	fi
 fi
 if wanted meridian-10k; then
 	# Proof the extra routes are live: a generated route answers from the decoy.
@@ -239,7 +256,7 @@ measure() {
 	p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
 	errors=$(awk '/Non-2xx or 3xx responses:/ {n += $NF} /Socket errors:/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$out")
 	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$t" "$rps" "$p50" "$p99" "$errors" "$per_cpu" >>"$TMP/results.tsv"
-	printf '  %-13s %9.0f req/s  %9.0f req/CPU-s  (CPU %3.0f%%)  p50 %7.3f ms  p99 %7.3f ms%s\n' \
+	printf '  %-19s %9.0f req/s  %9.0f req/CPU-s  (CPU %3.0f%%)  p50 %7.3f ms  p99 %7.3f ms%s\n' \
 		"$t" "$rps" "$per_cpu" "$(awk -v r="$rps" -v p="$per_cpu" 'BEGIN {print (p > 0 ? 100 * r / p : 0)}')" "$p50" "$p99" \
 		"$([ "$errors" = 0 ] || echo "   ERRORS: $errors")"
 }
@@ -268,13 +285,13 @@ declare -A RPS PER_CPU
 echo
 echo "== medians over $ROUNDS rounds (wrk -t1 -c$CONNECTIONS -d$DURATION, 1 KiB body)"
 echo "req/CPU-s: requests per CPU-second used by the target's own processes (direct: the upstream nginx)"
-printf '| %-13s | %9s | %9s | %8s | %8s | %6s |\n' target "req/s" "req/CPU-s" "p50 ms" "p99 ms" errors
-printf '|%s|%s|%s|%s|%s|%s|\n' "---------------" "----------:" "----------:" "---------:" "---------:" "-------:"
+printf '| %-19s | %9s | %9s | %8s | %8s | %6s |\n' target "req/s" "req/CPU-s" "p50 ms" "p99 ms" errors
+printf '|%s|%s|%s|%s|%s|%s|\n' "---------------------" "----------:" "----------:" "---------:" "---------:" "-------:"
 for t in "${TARGETS[@]}"; do
 	RPS[$t]=$(median "$t" 3)
 	PER_CPU[$t]=$(median "$t" 7)
 	errs=$(awk -F'\t' -v t="$t" '$2 == t {n += $6} END {print n + 0}' "$TMP/results.tsv")
-	printf '| %-13s | %9.0f | %9.0f | %8.3f | %8.3f | %6s |\n' "$t" "${RPS[$t]}" "${PER_CPU[$t]}" \
+	printf '| %-19s | %9.0f | %9.0f | %8.3f | %8.3f | %6s |\n' "$t" "${RPS[$t]}" "${PER_CPU[$t]}" \
 		"$(median "$t" 4)" "$(median "$t" 5)" "$errs"
 done
 
@@ -289,13 +306,13 @@ report() {
 	r1=$(ratio "${RPS[$2]}" "${RPS[$3]}")
 	r2=$(ratio "${PER_CPU[$2]}" "${PER_CPU[$3]}")
 	if [ -n "${4:-}" ]; then
-		printf '%-33s %5s (%s)   %5s (%s)\n' "$1" "$r1" "$(verdict "$r1" "$4")" "$r2" "$(verdict "$r2" "$4")"
+		printf '%-40s %5s (%s)   %5s (%s)\n' "$1" "$r1" "$(verdict "$r1" "$4")" "$r2" "$(verdict "$r2" "$4")"
 	else
-		printf '%-33s %5s         %5s\n' "$1" "$r1" "$r2"
+		printf '%-40s %5s         %5s\n' "$1" "$r1" "$r2"
 	fi
 }
 echo
-echo "== ratios of medians                req/s         req/CPU-s"
+echo "== ratios of medians                       req/s         req/CPU-s"
 report "Meridian / bare ReverseProxy >=1" meridian bareproxy 1.00
 report "Meridian / Caddy >=1.4" meridian caddy 1.40
 report "Meridian / nginx" meridian nginx
@@ -303,4 +320,5 @@ report "Meridian / HAProxy" meridian haproxy
 report "Meridian $ROUTES routes / 1 >=0.97" meridian-10k meridian 0.97
 report "Meridian JWT RS256 / no auth >=0.9" meridian-jwt meridian 0.90
 report "Meridian global rate limit / none >=0.8" meridian-rl meridian 0.80
+report "Meridian breaker+retry / none >=0.95" meridian-resilience meridian 0.95
 if [ -n "${RESULTS:-}" ]; then cp "$TMP/results.tsv" "$RESULTS"; fi

@@ -336,10 +336,12 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 			f = classify(out, err)
 			o = f.poolOutcome(err, latency)
 			a.recordFailure(f, latency)
+			rt.metrics.AttemptFailed(f.kind.outcome())
 			retry = p.retry && n < rt.retry.attempts && rt.retry.retryFailure(f)
 		} else {
 			o = upstream.Outcome{Status: res.StatusCode, Latency: latency}
 			a.recordStatus(res.StatusCode, latency)
+			rt.metrics.AttemptResponse(res.StatusCode, latency)
 			retry = p.retry && n < rt.retry.attempts && rt.retry.retryStatus(res.StatusCode)
 		}
 		if !retry {
@@ -361,6 +363,7 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 		if next.target == nil {
 			break // the last attempt's result is the answer
 		}
+		rt.metrics.Retry()
 		if err != nil {
 			rt.log.LogAttrs(ctx, slog.LevelDebug, "upstream error, retrying",
 				slog.String("route", rt.name), slog.String("upstream", rt.pool.Name()),
@@ -438,7 +441,8 @@ func (rt *Route) nextAttempt(ctx context.Context, r *http.Request, n int, tried 
 	if deadline, ok := ctx.Deadline(); ok && !now.Add(wait).Before(deadline) {
 		return try{}, start, nil
 	}
-	if !p.budget.take(now.Unix()) {
+	if !p.budget.take(now) {
+		rt.metrics.RetryBudgetExhausted()
 		return try{}, start, nil
 	}
 	if wait > 0 {

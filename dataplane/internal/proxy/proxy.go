@@ -14,17 +14,19 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
+	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/router"
 )
 
-// Routes resolves a request to the handler of the route it matches. The
+// Routes resolves a request to the entry of the route it matches. The
 // compiled configuration implements it.
 type Routes interface {
-	// Route returns the handler for r, or nil when no route matches. It may
+	// Route returns the entry for r, or nil when no route matches. It may
 	// record template parameters on r (r.SetPathValue).
-	Route(r *http.Request) http.Handler
+	Route(r *http.Request) *Entry
 	// Allow returns the methods allowed on r's host and path, comma
 	// separated for an Allow header, when a route matches everything but
 	// the method; otherwise "".
@@ -37,18 +39,22 @@ type HandlerConfig struct {
 	// -Proto and -Host are believed and extended. From any other peer they
 	// are dropped and replaced with what this hop sees. Nil trusts no one.
 	ClientIP *clientip.Resolver
+	// Metrics counts the requests no route serves, under the route
+	// metrics.NoRoute; nil: none. Routes record their own.
+	Metrics *metrics.Metrics
 }
 
 // Handler is the traffic http.Handler.
 type Handler struct {
-	current func() Routes
-	ip      *clientip.Resolver
+	current  func() Routes
+	ip       *clientip.Resolver
+	unrouted *metrics.Route
 }
 
 // NewHandler returns a Handler that calls current once per request to get
 // the live configuration; current returns nil while none is applied.
 func NewHandler(current func() Routes, c HandlerConfig) *Handler {
-	return &Handler{current: current, ip: c.ClientIP}
+	return &Handler{current: current, ip: c.ClientIP, unrouted: c.Metrics.Unrouted()}
 }
 
 // Canned JSON bodies, allocated once.
@@ -93,39 +99,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	routes := h.current()
 	if routes == nil {
-		writeError(w, newID, http.StatusServiceUnavailable, bodyNoConfig)
+		h.writeError(w, r, newID, http.StatusServiceUnavailable, bodyNoConfig)
 		return
 	}
 	if !normalizePath(r) {
-		writeError(w, newID, http.StatusBadRequest, bodyBadPath)
+		h.writeError(w, r, newID, http.StatusBadRequest, bodyBadPath)
 		return
 	}
 	h.checkForwarded(r)
-	next := routes.Route(r)
-	if next == nil {
+	e := routes.Route(r)
+	if e == nil {
 		if allow := routes.Allow(r); allow != "" {
 			w.Header()[headerAllow] = []string{allow}
-			writeError(w, newID, http.StatusMethodNotAllowed, bodyMethodNotAllowed)
+			h.writeError(w, r, newID, http.StatusMethodNotAllowed, bodyMethodNotAllowed)
 			return
 		}
-		writeError(w, newID, http.StatusNotFound, bodyNoRoute)
+		h.writeError(w, r, newID, http.StatusNotFound, bodyNoRoute)
 		return
 	}
-	if rt, ok := next.(*Route); ok {
-		rt.serve(w, r, newID)
-		return
-	}
-	if newID != "" {
-		ids := []string{newID}
-		r.Header[headerRequestID] = ids
-		w.Header()[headerRequestID] = ids
-	}
-	next.ServeHTTP(w, r)
+	e.serve(w, r, newID)
 }
 
 // writeError is writeJSON for Handler's own answers, which carry the
-// generated request id, if any.
-func writeError(w http.ResponseWriter, newID string, status int, body []byte) {
+// generated request id, if any. They are counted under no route.
+func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, newID string, status int, body []byte) {
+	if h.unrouted != nil {
+		start := time.Now()
+		h.unrouted.Begin()
+		defer func() { h.unrouted.End(r.Method, status, int64(len(body)), time.Since(start)) }()
+	}
 	if newID != "" {
 		w.Header()[headerRequestID] = []string{newID}
 	}

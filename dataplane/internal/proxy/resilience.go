@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/breaker"
+	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
@@ -194,6 +195,23 @@ const (
 	// failProtocol: the upstream answered in a way the proxy refuses.
 	failProtocol
 )
+
+// outcome is the attempt failure metrics report for k.
+func (k failKind) outcome() metrics.AttemptFailure {
+	switch k {
+	case failConnect:
+		return metrics.ConnectFailure
+	case failTimeout, failDeadline:
+		return metrics.Timeout
+	case failCanceled:
+		return metrics.Canceled
+	case failTooLarge:
+		return metrics.BodyTooLarge
+	case failProtocol:
+		return metrics.ProtocolError
+	}
+	return metrics.Reset
+}
 
 // failure is a classified attempt error and the answer it gets.
 type failure struct {

@@ -655,8 +655,9 @@ func TestRetryBudget(t *testing.T) {
 			t.Fatalf("request %d: %d, want 503", i, got.status)
 		}
 	}
-	// The budget allows 20% of the requests plus 3 retries in each second
-	// the test spanned; without it the upstream would see 4n.
+	// The budget allows 20% of the requests (or 3 retries in a second
+	// when that is more) in every rolling second the test spanned; without
+	// it the upstream would see 4n.
 	seconds := int64(math.Ceil(time.Since(start).Seconds())) + 1
 	limit := n + n/5 + 3*seconds
 	if got := hits.Load(); got > limit || got <= n {

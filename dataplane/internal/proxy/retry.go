@@ -23,11 +23,15 @@ const (
 	DefaultBudgetPercent = 20
 	// MaxReplayBody is the largest request body buffered for replay.
 	MaxReplayBody = 64 << 10
-	// budgetFloor is how many retries a second a route may make whatever
-	// its volume, so that a quiet route can still retry.
+	// budgetFloor is how many retries a route may make in any rolling
+	// second whatever its volume, so a quiet route can still retry.
 	budgetFloor = 3
-	// budgetSeconds is the budget's rolling window.
-	budgetSeconds = 10
+	// The budget's rolling window is budgetSlots slots of budgetSlot: one
+	// second. A short window keeps a healthy spell before an outage from
+	// lending the outage its retries: retries in any second stay within
+	// percent of that second's requests.
+	budgetSlots = 10
+	budgetSlot  = 100 * time.Millisecond
 )
 
 // retryOn is a set of retry conditions other than listed statuses.
@@ -187,22 +191,25 @@ func (p *retryPolicy) backoff(n int) time.Duration {
 	return time.Duration(rand.Int64N(int64(limit)))
 }
 
-// budget caps a route's retries at percent of its recent requests (those
-// that went upstream) over a rolling window of budgetSeconds, or at
-// budgetFloor retries in the current second when that is more. It is
-// approximate under concurrency: requests deciding at once may all see the
-// same last token.
+// budget caps a route's retries at percent of its requests that went
+// upstream in the last second (a rolling window of budgetSlots slots), or
+// at budgetFloor retries in that second when that is more. A retry is
+// claimed before it is checked, so concurrent claims can only undershoot
+// the cap, never pass it.
 type budget struct {
 	percent  int64
-	requests [budgetSeconds]atomic.Uint64 // per second: second<<32 | count
-	retries  [budgetSeconds]atomic.Uint64
+	requests [budgetSlots]atomic.Uint64 // per slot: slot number<<32 | count
+	retries  [budgetSlots]atomic.Uint64
 }
 
-// count adds one to the slot of second sec, starting the slot afresh when
-// it still holds an older second.
-func count(slots *[budgetSeconds]atomic.Uint64, sec int64) {
-	s := &slots[uint64(sec)%budgetSeconds]
-	tag := uint64(uint32(sec)) << 32
+// budgetTick is the slot number of t.
+func budgetTick(t time.Time) int64 { return t.UnixMilli() / budgetSlot.Milliseconds() }
+
+// count adds one to the slot of tick, starting the slot afresh when it
+// still holds an older tick.
+func count(slots *[budgetSlots]atomic.Uint64, tick int64) {
+	s := &slots[uint64(tick)%budgetSlots]
+	tag := uint64(uint32(tick)) << 32
 	for {
 		v := s.Load()
 		if v&^0xffffffff == tag {
@@ -215,33 +222,45 @@ func count(slots *[budgetSeconds]atomic.Uint64, sec int64) {
 	}
 }
 
-// sum returns the counts of the window ending at second sec, and the count
-// of sec itself.
-func sum(slots *[budgetSeconds]atomic.Uint64, sec int64) (window, current int64) {
+// sum returns the count of the window ending at tick.
+func sum(slots *[budgetSlots]atomic.Uint64, tick int64) int64 {
+	var window int64
 	for i := range slots {
 		v := slots[i].Load()
-		age := uint32(sec) - uint32(v>>32)
-		if age < budgetSeconds {
-			n := int64(v & 0xffffffff)
-			window += n
-			if age == 0 {
-				current = n
-			}
+		if age := uint32(tick) - uint32(v>>32); age < budgetSlots {
+			window += int64(v & 0xffffffff)
 		}
 	}
-	return window, current
+	return window
 }
 
-// request counts a request that went upstream at second sec (Unix).
-func (b *budget) request(sec int64) { count(&b.requests, sec) }
+// request counts a request that went upstream at t.
+func (b *budget) request(t time.Time) { count(&b.requests, budgetTick(t)) }
 
-// take claims a retry at second sec if the budget has room.
-func (b *budget) take(sec int64) bool {
-	reqs, _ := sum(&b.requests, sec)
-	rets, now := sum(&b.retries, sec)
-	if rets*100 >= reqs*b.percent && now >= budgetFloor {
+// take claims a retry at t if the budget has room.
+func (b *budget) take(t time.Time) bool {
+	tick := budgetTick(t)
+	count(&b.retries, tick)
+	reqs, rets := sum(&b.requests, tick), sum(&b.retries, tick)
+	if rets*100 > reqs*b.percent && rets > budgetFloor {
+		uncount(&b.retries, tick)
 		return false
 	}
-	count(&b.retries, sec)
 	return true
+}
+
+// uncount takes back a count of tick, unless its slot moved on to a newer
+// tick meanwhile (then the count is gone anyway).
+func uncount(slots *[budgetSlots]atomic.Uint64, tick int64) {
+	s := &slots[uint64(tick)%budgetSlots]
+	tag := uint64(uint32(tick)) << 32
+	for {
+		v := s.Load()
+		if v&^0xffffffff != tag || v&0xffffffff == 0 {
+			return
+		}
+		if s.CompareAndSwap(v, v-1) {
+			return
+		}
+	}
 }

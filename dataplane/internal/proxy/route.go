@@ -17,6 +17,7 @@ import (
 
 	"github.com/meridian-gw/meridian/dataplane/internal/breaker"
 	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
+	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
 	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -44,6 +45,9 @@ type RouteConfig struct {
 	// Fallback is what a rejecting breaker answers; nil: 503 with a JSON
 	// error body.
 	Fallback *meridianv1.Fallback
+	// Metrics records the route's requests and upstream attempts; nil:
+	// none.
+	Metrics *metrics.Route
 }
 
 // Route forwards the requests of one route to its upstream. It is
@@ -99,8 +103,9 @@ type RouteConfig struct {
 // 0s for none; max 10×base when unset), goes to a target not tried yet when
 // the upstream has one, and is asked of the breaker again. Retries may add
 // at most spec.retry.budgetPercent (default 20) percent to the route's
-// requests that went upstream over the last 10 s, or 3 retries in the
-// current second if that is more.
+// requests that went upstream in the last second, or 3 retries in that
+// second if that is more; a one-second window keeps a healthy spell from
+// lending an outage that follows it extra retries.
 //
 // When a wanted retry is not made (no attempts left, no budget, the
 // breaker open or refusing, no healthy target, or the backoff would end
@@ -130,6 +135,8 @@ type Route struct {
 	retry         *retryPolicy // nil: no retries
 	guarded       bool         // a breaker or retries: serve reads the clock first
 	picks         int          // how many picks admit may make for one attempt
+
+	metrics *metrics.Route // nil: none
 }
 
 // NewRoute builds the handler of one route. Errors are *config.FieldError.
@@ -150,6 +157,7 @@ func NewRoute(c RouteConfig) (*Route, error) {
 
 		breaker:  c.Breaker,
 		fallback: newFallback(c.Fallback),
+		metrics:  c.Metrics,
 	}
 	if c.Breaker == nil {
 		rt.targetBreaker = c.TargetBreaker
@@ -253,7 +261,7 @@ func (rt *Route) serve(w http.ResponseWriter, r *http.Request, newID string) {
 		return
 	}
 	if rt.retry != nil {
-		rt.retry.budget.request(p.start.Unix())
+		rt.retry.budget.request(p.start)
 	}
 	if rt.maxBody > 0 && r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
 		// A body of unknown length (chunked, HTTP/2 without
@@ -314,6 +322,11 @@ func (rt *Route) finish(x *exchange, t *upstream.Target) {
 		o.Status = http.StatusSwitchingProtocols
 		o.Latency = time.Since(x.start)
 	}
+	if x.failed {
+		rt.metrics.AttemptFailed(x.failure.outcome())
+	} else {
+		rt.metrics.AttemptResponse(o.Status, o.Latency)
+	}
 	if x.try.breaker != nil {
 		// Neither a status nor an error: an aborted response.
 		x.try.recordFailure(failure{kind: failCanceled}, time.Since(x.start))
@@ -351,6 +364,9 @@ type exchange struct {
 	status  int
 	err     error
 	try     try // its breaker, if any, is recorded with the first final status
+	// failed is set when no response could be relayed; failure says why.
+	failed  bool
+	failure failKind
 }
 
 var exchanges = sync.Pool{New: func() any { return new(exchange) }}
@@ -514,6 +530,7 @@ func (rt *Route) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	if ok {
 		o := f.poolOutcome(err, x.latency)
 		x.status, x.err = o.Status, o.Err
+		x.failed, x.failure = true, f.kind
 	}
 }
 

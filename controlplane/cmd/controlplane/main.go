@@ -21,6 +21,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -29,6 +32,7 @@ import (
 	"github.com/meridian-gw/meridian/controlplane/internal/admin"
 	"github.com/meridian-gw/meridian/controlplane/internal/discovery"
 	"github.com/meridian-gw/meridian/controlplane/internal/embedetcd"
+	"github.com/meridian-gw/meridian/controlplane/internal/metrics"
 	"github.com/meridian-gw/meridian/controlplane/internal/snapshot"
 	"github.com/meridian-gw/meridian/controlplane/internal/store"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -50,6 +54,10 @@ const (
 
 // stopTimeout bounds the graceful part of shutdown.
 const stopTimeout = 10 * time.Second
+
+// fleetScrapeTimeout bounds the etcd read behind the data-plane gauge, so
+// a scrape still answers while etcd is unreachable.
+const fleetScrapeTimeout = 2 * time.Second
 
 type options struct {
 	listen         string
@@ -90,7 +98,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.dataDir, "data-dir", "./data", "directory for the embedded etcd's data (<data-dir>/etcd)")
 	fs.StringVar(&o.etcdListen, "etcd-listen", "127.0.0.1:2379", "client address of the embedded etcd")
 	fs.StringVar(&o.etcdPeerListen, "etcd-peer-listen", "127.0.0.1:2380", "peer address of the embedded etcd")
-	fs.StringVar(&o.metricsListen, "metrics-listen", "127.0.0.1:7401", "HTTP address for /healthz and /readyz")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "127.0.0.1:7401", "HTTP address for /healthz, /readyz and /metrics")
 	fs.StringVar(&o.adminTokens, "admin-tokens-file", "", "file of \"<principal> <token>\" lines; when set, admin calls need a bearer token")
 	fs.StringVar(&o.id, "id", defaultID(), "replica id shown in data-plane status")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "debug, info, warn or error")
@@ -144,6 +152,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 }
 
 func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(reg)
+
 	var auth *admin.TokenAuth
 	if o.adminTokens != "" {
 		var err error
@@ -180,8 +192,9 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 	}
 	defer client.Close()
 
-	st := store.New(client, store.Options{Prefix: o.etcdPrefix, ReplicaID: o.id, Logger: log})
+	st := store.New(client, store.Options{Prefix: o.etcdPrefix, ReplicaID: o.id, Logger: log, Metrics: m})
 	defer st.Close()
+	reg.MustRegister(metrics.NewDataplaneCollector(st, fleetScrapeTimeout))
 
 	cache := snapshot.NewCache()
 	fleet := store.NewFleetSize()
@@ -190,30 +203,37 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 	var watches sync.WaitGroup
 	watches.Go(func() { st.WatchFleet(watchCtx, fleet.Set) })
 	watches.Go(func() {
-		st.Watch(watchCtx, func(version uint64, resources []*meridianv1.Resource) {
+		st.Watch(watchCtx, func(version uint64, committed time.Time, resources []*meridianv1.Resource) {
 			synced.Store(true)
-			if version == 0 {
+			// A relist publishes the version already served again.
+			if cur := cache.Current(); version == 0 || (cur != nil && version <= cur.Version()) {
 				return
 			}
-			snap, err := snapshot.New(version, resources)
+			start := time.Now()
+			snap, err := snapshot.New(version, committed, resources)
 			if err != nil {
 				log.Error("stored configuration is inconsistent; not serving it", "version", version, "err", err)
 				return
 			}
+			m.ObserveSnapshotBuild(time.Since(start))
 			if cache.Set(snap) {
+				m.SetSnapshotVersion(version)
 				log.Info("serving configuration", "version", version, "hash", snap.Hash(), "resources", len(resources))
 			}
 		})
 	})
 	defer func() { stopWatch(); watches.Wait() }()
 
-	disc := discovery.NewServer(cache, st, discovery.Options{Logger: log, Fleet: fleet})
+	disc := discovery.NewServer(cache, st, discovery.Options{Logger: log, Fleet: fleet, Metrics: m})
 	grpcOpts := []grpc.ServerOption{
 		// Data planes ping every 10s to detect dead connections.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		// Large configurations travel in one Apply or one snapshot.
 		grpc.MaxRecvMsgSize(16 << 20),
+		// Interceptors run in the order given, over all ChainUnaryInterceptor
+		// options: metrics first, so calls that authentication rejects count.
+		grpc.ChainUnaryInterceptor(m.UnaryServerInterceptor()),
 	}
 	if auth != nil {
 		grpcOpts = append(grpcOpts, grpc.ChainUnaryInterceptor(auth.UnaryInterceptor()), grpc.ChainStreamInterceptor(auth.StreamInterceptor()))
@@ -231,7 +251,7 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 		lis.Close()
 		return fmt.Errorf("metrics listen: %w", err)
 	}
-	hs := &http.Server{Handler: healthHandler(&synced), ReadHeaderTimeout: 5 * time.Second}
+	hs := &http.Server{Handler: httpHandler(&synced, reg, log), ReadHeaderTimeout: 5 * time.Second}
 
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 2)
@@ -242,11 +262,11 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 	})
 	wg.Go(func() {
 		if err := hs.Serve(mlis); !errors.Is(err, http.ErrServerClosed) {
-			serveErr <- fmt.Errorf("health: %w", err)
+			serveErr <- fmt.Errorf("metrics listener: %w", err)
 		}
 	})
 	fmt.Fprintf(stdout, "controlplane listening on %s\n", lis.Addr())
-	log.Info("controlplane listening", "addr", lis.Addr().String(), "health", mlis.Addr().String(), "id", o.id, "auth", auth != nil)
+	log.Info("controlplane listening", "addr", lis.Addr().String(), "metrics", mlis.Addr().String(), "id", o.id, "auth", auth != nil)
 
 	var runErr error
 	select {
@@ -277,10 +297,16 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 	return runErr
 }
 
-// healthHandler serves /healthz (the process is up) and /readyz (the
-// configuration has been read from etcd at least once).
-func healthHandler(synced *atomic.Bool) http.Handler {
+// httpHandler serves /healthz (the process is up), /readyz (the
+// configuration has been read from etcd at least once) and /metrics.
+func httpHandler(synced *atomic.Bool, gatherer prometheus.Gatherer, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
+	// A metric that fails to collect (the fleet gauge while etcd is down)
+	// is logged and left out; the rest of the scrape still answers.
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{
+		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorHandling: promhttp.ContinueOnError,
+	}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		io.WriteString(w, "ok\n")
 	})

@@ -99,6 +99,52 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
+// program is a control plane started with run.
+type program struct {
+	addr           string
+	stdout, stderr *syncBuffer
+	cancel         context.CancelFunc
+	exit           chan int
+	stopOnce       sync.Once
+	code           int
+}
+
+// startProgram runs the control plane with args and env until it listens.
+// It is stopped when the test ends, if not before.
+func startProgram(t *testing.T, args []string, env map[string]string) *program {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &program{stdout: &syncBuffer{}, stderr: &syncBuffer{}, cancel: cancel, exit: make(chan int, 1)}
+	go func() { p.exit <- run(ctx, args, func(k string) string { return env[k] }, p.stdout, p.stderr) }()
+	t.Cleanup(func() { p.stop() })
+
+	re := regexp.MustCompile(`controlplane listening on (\S+)\n`)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if m := re.FindStringSubmatch(p.stdout.String()); m != nil {
+			p.addr = m[1]
+			return p
+		}
+		select {
+		case code := <-p.exit:
+			p.exit <- code
+			t.Fatalf("exited %d before listening: %s", code, p.stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never listened; stderr: %s", p.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop cancels the program and returns its exit code.
+func (p *program) stop() int {
+	p.cancel()
+	p.stopOnce.Do(func() { p.code = <-p.exit })
+	return p.code
+}
+
 func TestRunServesAndStops(t *testing.T) {
 	dir := t.TempDir()
 	tokens := filepath.Join(dir, "tokens")
@@ -114,31 +160,8 @@ func TestRunServesAndStops(t *testing.T) {
 		"--etcd-peer-listen", etcdtest.FreeAddr(t),
 		"--id", "cp-test",
 	}
-	env := map[string]string{"MERIDIAN_ADMIN_TOKENS_FILE": tokens}
-	var stdout, stderr syncBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	exit := make(chan int, 1)
-	go func() { exit <- run(ctx, args, func(k string) string { return env[k] }, &stdout, &stderr) }()
-
-	re := regexp.MustCompile(`controlplane listening on (\S+)\n`)
-	var addr string
-	deadline := time.Now().Add(60 * time.Second)
-	for addr == "" {
-		if m := re.FindStringSubmatch(stdout.String()); m != nil {
-			addr = m[1]
-			break
-		}
-		select {
-		case code := <-exit:
-			t.Fatalf("exited %d before listening: %s", code, stderr.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("never listened; stderr: %s", stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	p := startProgram(t, args, map[string]string{"MERIDIAN_ADMIN_TOKENS_FILE": tokens})
+	addr := p.addr
 
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -185,18 +208,18 @@ func TestRunServesAndStops(t *testing.T) {
 		}
 	}
 
-	cancel()
+	p.cancel()
 	// Shutdown ends the data-plane stream so the data plane can move on.
 	if _, err := stream.Recv(); status.Code(err) != codes.Unavailable {
 		t.Errorf("stream after shutdown: %v, want Unavailable", err)
 	}
-	if code := <-exit; code != exitOK {
-		t.Fatalf("exit code %d; stderr: %s", code, stderr.String())
+	if code := p.stop(); code != exitOK {
+		t.Fatalf("exit code %d; stderr: %s", code, p.stderr.String())
 	}
-	if strings.Contains(stderr.String(), "sekrit") {
+	if strings.Contains(p.stderr.String(), "sekrit") {
 		t.Fatal("a token reached the logs")
 	}
-	if !strings.Contains(stderr.String(), `"msg":"controlplane listening"`) {
-		t.Fatalf("no JSON log line: %s", stderr.String())
+	if !strings.Contains(p.stderr.String(), `"msg":"controlplane listening"`) {
+		t.Fatalf("no JSON log line: %s", p.stderr.String())
 	}
 }

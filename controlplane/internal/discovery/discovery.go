@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/meridian-gw/meridian/controlplane/internal/metrics"
 	"github.com/meridian-gw/meridian/controlplane/internal/snapshot"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
@@ -64,6 +65,9 @@ type Options struct {
 	// that snapshot when one is due, alone when the data plane is
 	// current. Nil sends no fleet status.
 	Fleet FleetSource
+	// Metrics records snapshot sends, NACKs and how long versions take
+	// to reach data planes; nil records nothing.
+	Metrics *metrics.Metrics
 }
 
 // maxNodeIDLen keeps node ids usable as etcd key parts and table cells.
@@ -76,6 +80,7 @@ type Server struct {
 	source  SnapshotSource
 	status  StatusRecorder
 	fleet   FleetSource
+	metrics *metrics.Metrics
 	log     *slog.Logger
 	refresh time.Duration
 	timeout time.Duration
@@ -100,6 +105,7 @@ func NewServer(source SnapshotSource, recorder StatusRecorder, opts Options) *Se
 		source:  source,
 		status:  recorder,
 		fleet:   opts.Fleet,
+		metrics: opts.Metrics,
 		log:     opts.Logger,
 		refresh: opts.RefreshInterval,
 		timeout: opts.StatusTimeout,
@@ -133,19 +139,21 @@ func (s *Server) StreamSnapshots(stream meridianv1.ConfigDiscoveryService_Stream
 	default:
 	}
 
+	now := time.Now()
 	h := &handler{
-		server: s,
-		stream: stream,
-		id:     rand.Text(),
-		log:    s.log.With("node", first.GetNode().GetId(), "peer", peerAddr(ctx)),
-		held:   held{first.GetVersion(), first.GetHash()},
+		server:    s,
+		stream:    stream,
+		id:        rand.Text(),
+		log:       s.log.With("node", first.GetNode().GetId(), "peer", peerAddr(ctx)),
+		connected: now,
+		held:      held{first.GetVersion(), first.GetHash()},
 		status: &meridianv1.DataplaneStatus{
 			Node:           proto.CloneOf(first.GetNode()),
 			PeerAddress:    peerAddr(ctx),
 			AppliedVersion: first.GetVersion(),
 			AppliedHash:    first.GetHash(),
-			ConnectedAt:    timestamppb.Now(),
-			LastSeen:       timestamppb.Now(),
+			ConnectedAt:    timestamppb.New(now),
+			LastSeen:       timestamppb.New(now),
 		},
 	}
 	return h.run(ctx)
@@ -183,12 +191,18 @@ type handler struct {
 	id     string
 	log    *slog.Logger
 	status *meridianv1.DataplaneStatus
+	// connected is when the stream opened.
+	connected time.Time
 
 	held held
-	// The snapshot last sent and its nonce; answers to other nonces are
-	// stale.
-	sentVersion uint64
-	sentNonce   string
+	// The snapshot last sent, its nonce and its commit time; answers to
+	// other nonces are stale.
+	sentVersion   uint64
+	sentNonce     string
+	sentCommitted time.Time
+	// ackedVersion is the newest sent version the data plane ACKed, so a
+	// repeated ACK is measured once.
+	ackedVersion uint64
 	// The latest fleet size and the one last sent; 0 is unknown / none.
 	fleet     int
 	sentFleet int
@@ -313,11 +327,13 @@ func (h *handler) send(snap *snapshot.Snapshot) error {
 	if resp.Snapshot == nil && resp.Fleet == nil {
 		return nil
 	}
+	start := time.Now()
 	if err := h.stream.Send(resp); err != nil {
 		return err
 	}
 	if resp.Snapshot != nil {
-		h.sentVersion, h.sentNonce = snap.Version(), nonce
+		h.server.metrics.ObserveSnapshotPush(time.Since(start))
+		h.sentVersion, h.sentNonce, h.sentCommitted = snap.Version(), nonce, snap.Committed()
 	}
 	if resp.Fleet != nil {
 		h.sentFleet = h.fleet
@@ -327,15 +343,36 @@ func (h *handler) send(snap *snapshot.Snapshot) error {
 
 // answer records an ACK or NACK.
 func (h *handler) answer(ctx context.Context, req *meridianv1.StreamSnapshotsRequest) {
+	now := time.Now()
 	h.held = held{req.GetVersion(), req.GetHash()}
 	h.status.AppliedVersion, h.status.AppliedHash = req.GetVersion(), req.GetHash()
-	h.status.LastSeen = timestamppb.Now()
-	if req.GetError() != nil && req.GetResponseNonce() != "" && req.GetResponseNonce() == h.sentNonce {
-		h.status.LastNack = &meridianv1.Nack{Version: h.sentVersion, Error: req.GetError(), Time: timestamppb.Now()}
+	h.status.LastSeen = timestamppb.New(now)
+	answersSent := req.GetResponseNonce() != "" && req.GetResponseNonce() == h.sentNonce
+	if answersSent && req.GetError() == nil && req.GetVersion() == h.sentVersion {
+		h.acked(now)
+	}
+	if answersSent && req.GetError() != nil {
+		h.server.metrics.CountNack(req.GetError().GetKind())
+		h.status.LastNack = &meridianv1.Nack{Version: h.sentVersion, Error: req.GetError(), Time: timestamppb.New(now)}
 		h.log.Warn("data plane rejected snapshot", "rejected_version", h.sentVersion, "kept_version", req.GetVersion(),
 			"kind", req.GetError().GetKind(), "name", req.GetError().GetName(), "field", req.GetError().GetField(), "error", req.GetError().GetMessage())
 	}
 	h.record(ctx, h.server.status.UpdateDataplane)
+}
+
+// acked measures how long the version just ACKed took to get from its
+// commit to this data plane, once per version. Versions committed before
+// the stream opened are left out: the data plane was catching up (booting,
+// reconnecting), and its delay says nothing about how fast changes spread.
+func (h *handler) acked(now time.Time) {
+	if h.sentVersion <= h.ackedVersion {
+		return
+	}
+	h.ackedVersion = h.sentVersion
+	if h.sentCommitted.IsZero() || h.sentCommitted.Before(h.connected) {
+		return
+	}
+	h.server.metrics.ObservePropagation(now.Sub(h.sentCommitted))
 }
 
 func (h *handler) record(ctx context.Context, write func(context.Context, string, *meridianv1.DataplaneStatus) error) {

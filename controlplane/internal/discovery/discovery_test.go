@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/meridian-gw/meridian/controlplane/internal/discovery"
 	"github.com/meridian-gw/meridian/controlplane/internal/etcdtest"
+	"github.com/meridian-gw/meridian/controlplane/internal/metrics"
+	"github.com/meridian-gw/meridian/controlplane/internal/metrics/metricstest"
 	"github.com/meridian-gw/meridian/controlplane/internal/snapshot"
 	"github.com/meridian-gw/meridian/controlplane/internal/store"
 	"github.com/meridian-gw/meridian/proto/config"
@@ -28,9 +31,10 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // env is a control plane in miniature: store, config watcher and fleet
-// watcher on embedded etcd, a snapshot cache, and the discovery server on
-// a loopback listener.
+// watcher on embedded etcd, a snapshot cache, the discovery server on a
+// loopback listener, and the metrics registry.
 type env struct {
+	reg       *prometheus.Registry
 	store     *store.Store
 	cache     *snapshot.Cache
 	fleet     *store.FleetSize
@@ -46,8 +50,11 @@ func newEnv(t *testing.T) *env { return startEnv(t, true) }
 func startEnv(t *testing.T, withFleet bool) *env {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
-	st := store.New(etcdtest.Start(t), store.Options{ReplicaID: "cp-1", Logger: log})
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+	st := store.New(etcdtest.Start(t), store.Options{ReplicaID: "cp-1", Logger: log, Metrics: m})
 	t.Cleanup(func() { st.Close() })
+	reg.MustRegister(metrics.NewDataplaneCollector(st, 10*time.Second))
 	cache := snapshot.NewCache()
 	fleet := store.NewFleetSize()
 
@@ -55,11 +62,11 @@ func startEnv(t *testing.T, withFleet bool) *env {
 	var watches sync.WaitGroup
 	watches.Go(func() { st.WatchFleet(ctx, fleet.Set) })
 	watches.Go(func() {
-		st.Watch(ctx, func(v uint64, rs []*meridianv1.Resource) {
+		st.Watch(ctx, func(v uint64, committed time.Time, rs []*meridianv1.Resource) {
 			if v == 0 {
 				return
 			}
-			snap, err := snapshot.New(v, rs)
+			snap, err := snapshot.New(v, committed, rs)
 			if err != nil {
 				t.Errorf("snapshot.New: %v", err)
 				return
@@ -69,7 +76,7 @@ func startEnv(t *testing.T, withFleet bool) *env {
 	})
 	t.Cleanup(func() { cancel(); watches.Wait() })
 
-	opts := discovery.Options{Logger: log}
+	opts := discovery.Options{Logger: log, Metrics: m}
 	if withFleet {
 		opts.Fleet = fleet
 	}
@@ -89,7 +96,7 @@ func startEnv(t *testing.T, withFleet bool) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &env{store: st, cache: cache, fleet: fleet, discovery: srv, client: meridianv1.NewConfigDiscoveryServiceClient(conn)}
+	return &env{reg: reg, store: st, cache: cache, fleet: fleet, discovery: srv, client: meridianv1.NewConfigDiscoveryServiceClient(conn)}
 }
 
 func testCtx(t *testing.T) context.Context {
@@ -405,5 +412,85 @@ func TestNoFleetWithoutSource(t *testing.T) {
 	v2 := e.apply(t, configtest.Upstream("users", "127.0.0.1:9002"))
 	if resp := next(t, dp1); resp.GetSnapshot().GetVersion() != v2 || resp.GetFleet() != nil {
 		t.Fatalf("second message = %v, want only snapshot v%d", resp, v2)
+	}
+}
+
+// ack answers snap as applied.
+func ack(t *testing.T, stream meridianv1.ConfigDiscoveryService_StreamSnapshotsClient, snap *meridianv1.Snapshot) {
+	t.Helper()
+	if err := stream.Send(&meridianv1.StreamSnapshotsRequest{Version: snap.GetVersion(), Hash: snap.GetHash(), ResponseNonce: snap.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// nack answers snap as rejected over a resource of kind, keeping kept.
+func nack(t *testing.T, stream meridianv1.ConfigDiscoveryService_StreamSnapshotsClient, kept, snap *meridianv1.Snapshot, kind string) {
+	t.Helper()
+	if err := stream.Send(&meridianv1.StreamSnapshotsRequest{
+		Version:       kept.GetVersion(),
+		Hash:          kept.GetHash(),
+		ResponseNonce: snap.GetNonce(),
+		Error:         &meridianv1.ConfigError{Kind: kind, Name: "users", Message: "rejected"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	e := newEnv(t)
+	// v1 is committed before the data planes connect: their ACKs of it
+	// are catching up, not propagation.
+	e.apply(t, configtest.Upstream("users", "127.0.0.1:9001"))
+	dp1, dp2 := e.open(t, "dp-1", 0, ""), e.open(t, "dp-2", 0, "")
+	v1a, v1b := recv(t, dp1), recv(t, dp2)
+	ack(t, dp1, v1a)
+	ack(t, dp2, v1b)
+
+	// v2 reaches both while connected; dp-1 repeats its ACK, which counts
+	// once.
+	e.apply(t, configtest.Upstream("users", "127.0.0.1:9002"))
+	v2a, v2b := recv(t, dp1), recv(t, dp2)
+	ack(t, dp1, v2a)
+	ack(t, dp1, v2a)
+	ack(t, dp2, v2b)
+
+	// Both reject v3: one names a known kind, the other something no
+	// kind is called. A NACK answering a stale nonce is no rejection.
+	e.apply(t, configtest.Upstream("users", "127.0.0.1:9003"))
+	v3a, v3b := recv(t, dp1), recv(t, dp2)
+	nack(t, dp1, v2a, v2a, "Upstream")
+	nack(t, dp1, v2a, v3a, "Upstream")
+	nack(t, dp2, v2b, v3b, "Gadget")
+	// Status is written after the answer is measured, and each stream
+	// handles its messages in order: once both show NACKED, every answer
+	// above has been counted.
+	e.waitState(t, "dp-1", meridianv1.DataplaneState_DATAPLANE_STATE_NACKED)
+	e.waitState(t, "dp-2", meridianv1.DataplaneState_DATAPLANE_STATE_NACKED)
+
+	tests := []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"meridian_controlplane_config_propagation_seconds", nil, 2},
+		{"meridian_controlplane_snapshot_push_duration_seconds", nil, 6},
+		{"meridian_controlplane_nacks_total", []string{"kind", "Upstream"}, 1},
+		{"meridian_controlplane_nacks_total", []string{"kind", "other"}, 1},
+		{"meridian_controlplane_dataplanes", []string{"state", "NACKED"}, 2},
+		{"meridian_controlplane_dataplanes", []string{"state", "SYNCED"}, 0},
+		{"meridian_controlplane_etcd_request_duration_seconds", []string{"operation", "commit"}, 3},
+	}
+	for _, tt := range tests {
+		if got := metricstest.Value(t, e.reg, tt.name, tt.labels...); got != tt.want {
+			t.Errorf("%s%v = %v, want %v", tt.name, tt.labels, got, tt.want)
+		}
+	}
+
+	if err := dp2.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(t, "dp-2", meridianv1.DataplaneState_DATAPLANE_STATE_DISCONNECTED)
+	if got := metricstest.Value(t, e.reg, "meridian_controlplane_dataplanes", "state", "DISCONNECTED"); got != 1 {
+		t.Errorf("disconnected data planes = %v, want 1", got)
 	}
 }

@@ -19,15 +19,21 @@ import (
 // after New; its resources are shared by every stream that sends it and
 // must not be modified.
 type Snapshot struct {
-	msg *meridianv1.Snapshot
+	msg       *meridianv1.Snapshot
+	committed time.Time
 }
 
-// New builds a snapshot of resources at version. It checks that the set is
-// consistent (every resource has a kind and a name, no key appears twice);
-// whether the configuration is valid is the store's job, done before the
-// version was written. resources is copied and sorted; the resources
-// themselves are not copied.
-func New(version uint64, resources []*meridianv1.Resource) (*Snapshot, error) {
+// New builds a snapshot of resources at version, which was committed at
+// committed (zero when unknown). It checks that the set is consistent
+// (every resource has a kind and a name, no key appears twice); whether
+// the configuration is valid is the store's job, done before the version
+// was written. resources is copied and sorted; the resources themselves
+// are not copied.
+//
+// The message's created_at is the commit time, so every replica sends the
+// same one for a version; the build time stands in when the commit time
+// is unknown.
+func New(version uint64, committed time.Time, resources []*meridianv1.Resource) (*Snapshot, error) {
 	if version == 0 {
 		return nil, errors.New("snapshot: version 0 is reserved for no configuration")
 	}
@@ -45,16 +51,26 @@ func New(version uint64, resources []*meridianv1.Resource) (*Snapshot, error) {
 		seen[config.Key(r)] = true
 	}
 	config.Sort(rs)
-	return &Snapshot{msg: &meridianv1.Snapshot{
-		Version:   version,
-		Hash:      config.Hash(rs),
-		Resources: rs,
-		CreatedAt: timestamppb.New(time.Now()),
-	}}, nil
+	created := committed
+	if created.IsZero() {
+		created = time.Now()
+	}
+	return &Snapshot{
+		msg: &meridianv1.Snapshot{
+			Version:   version,
+			Hash:      config.Hash(rs),
+			Resources: rs,
+			CreatedAt: timestamppb.New(created),
+		},
+		committed: committed,
+	}, nil
 }
 
 // Version is the configuration version.
 func (s *Snapshot) Version() uint64 { return s.msg.GetVersion() }
+
+// Committed is when the version was committed; zero when unknown.
+func (s *Snapshot) Committed() time.Time { return s.committed }
 
 // Hash is the hex SHA-256 of the resources (config.Hash).
 func (s *Snapshot) Hash() string { return s.msg.GetHash() }

@@ -2,6 +2,7 @@ package snapshot_test
 
 import (
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -50,7 +51,7 @@ func TestNew(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := snapshot.New(tt.version, tt.resources)
+			s, err := snapshot.New(tt.version, time.Time{}, tt.resources)
 			if tt.wantErr {
 				if err == nil {
 					t.Fatal("New succeeded, want error")
@@ -84,7 +85,7 @@ func TestNew(t *testing.T) {
 
 func TestNewDoesNotReorderInput(t *testing.T) {
 	in := []*meridianv1.Resource{route("r", "a"), upstream("a", "x:1")}
-	if _, err := snapshot.New(1, in); err != nil {
+	if _, err := snapshot.New(1, time.Time{}, in); err != nil {
 		t.Fatal(err)
 	}
 	if config.Kind(in[0]) != config.KindRoute {
@@ -93,9 +94,13 @@ func TestNewDoesNotReorderInput(t *testing.T) {
 }
 
 func TestMessage(t *testing.T) {
-	s, err := snapshot.New(7, []*meridianv1.Resource{upstream("a", "x:1")})
+	committed := time.Date(2025, 3, 1, 12, 0, 0, 5, time.UTC)
+	s, err := snapshot.New(7, committed, []*meridianv1.Resource{upstream("a", "x:1")})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !s.Committed().Equal(committed) {
+		t.Fatalf("Committed() = %v, want %v", s.Committed(), committed)
 	}
 	m1, m2 := s.Message("n1"), s.Message("n2")
 	if m1.GetNonce() != "n1" || m2.GetNonce() != "n2" {
@@ -110,11 +115,30 @@ func TestMessage(t *testing.T) {
 	if s.Message("").GetNonce() != "" {
 		t.Fatal("message without nonce has one")
 	}
+	// created_at is the commit time, the same on every replica.
+	if got := m1.GetCreatedAt().AsTime(); !got.Equal(committed) {
+		t.Fatalf("created_at = %v, want the commit time %v", got, committed)
+	}
+}
+
+func TestUnknownCommitTime(t *testing.T) {
+	before := time.Now()
+	s, err := snapshot.New(1, time.Time{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Committed().IsZero() {
+		t.Fatalf("Committed() = %v, want zero", s.Committed())
+	}
+	// The build time stands in for created_at.
+	if got := s.Message("n").GetCreatedAt().AsTime(); got.Before(before) {
+		t.Fatalf("created_at = %v, before the build started at %v", got, before)
+	}
 }
 
 func mustNew(t *testing.T, v uint64) *snapshot.Snapshot {
 	t.Helper()
-	s, err := snapshot.New(v, nil)
+	s, err := snapshot.New(v, time.Time{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -373,10 +373,12 @@ func (s *Store) commit(ctx context.Context, st *state, p *plan, desired []*merid
 		clientv3.OpPut(s.versionKey(), fmt.Sprint(next)),
 		clientv3.OpPut(s.historyKey(next), string(b)),
 	)
+	start := time.Now()
 	resp, err := s.client.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(s.versionKey()), "=", st.versionRev)).
 		Then(ops...).
 		Commit()
+	s.observe(opCommit, start, err)
 	if err != nil {
 		return false, etcdError(err)
 	}
@@ -389,7 +391,9 @@ func (s *Store) History(ctx context.Context, limit int) ([]*meridianv1.HistoryEn
 	if limit > 0 {
 		opts = append(opts, clientv3.WithLimit(int64(limit)))
 	}
+	start := time.Now()
 	resp, err := s.client.Get(ctx, s.historyPrefix(), opts...)
+	s.observe(opReadHistory, start, err)
 	if err != nil {
 		return nil, etcdError(err)
 	}
@@ -406,7 +410,9 @@ func (s *Store) History(ctx context.Context, limit int) ([]*meridianv1.HistoryEn
 
 // Record returns the history record of one version.
 func (s *Store) Record(ctx context.Context, version uint64) (*meridianv1.HistoryRecord, error) {
+	start := time.Now()
 	resp, err := s.client.Get(ctx, s.historyKey(version))
+	s.observe(opReadRecord, start, err)
 	if err != nil {
 		return nil, etcdError(err)
 	}

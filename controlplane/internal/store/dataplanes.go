@@ -46,7 +46,9 @@ func (s *Store) lease(ctx context.Context) (clientv3.LeaseID, error) {
 	gctx, cancel := context.WithTimeout(ctx, grantTimeout)
 	defer cancel()
 	ttl := int64(max(1, s.leaseTTL.Seconds()))
+	start := time.Now()
 	grant, err := s.client.Grant(gctx, ttl)
+	s.observe(opGrantLease, start, err)
 	if err != nil {
 		return 0, etcdError(err)
 	}
@@ -80,10 +82,12 @@ func (s *Store) ConnectDataplane(ctx context.Context, stream string, st *meridia
 	if err != nil {
 		return err
 	}
+	start := time.Now()
 	_, err = s.client.Txn(ctx).Then(
 		clientv3.OpPut(s.liveKey(id), s.liveValue(stream), clientv3.WithLease(lease)),
 		clientv3.OpPut(s.dataplaneKey(id), value),
 	).Commit()
+	s.observe(opConnectDataplane, start, err)
 	if err != nil {
 		return etcdError(err)
 	}
@@ -107,11 +111,13 @@ func (s *Store) UpdateDataplane(ctx context.Context, stream string, st *meridian
 		clientv3.OpPut(live, s.liveValue(stream), clientv3.WithLease(lease)),
 		clientv3.OpPut(s.dataplaneKey(id), value),
 	}
+	start := time.Now()
 	_, err = s.client.Txn(ctx).
 		If(clientv3.Compare(clientv3.Value(live), "=", s.liveValue(stream))).
 		Then(writes...).
 		Else(clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(live), "=", 0)}, writes, nil)).
 		Commit()
+	s.observe(opUpdateDataplane, start, err)
 	if err != nil {
 		return etcdError(err)
 	}
@@ -126,10 +132,12 @@ func (s *Store) DisconnectDataplane(ctx context.Context, stream string, st *meri
 		return err
 	}
 	live := s.liveKey(id)
+	start := time.Now()
 	_, err = s.client.Txn(ctx).
 		If(clientv3.Compare(clientv3.Value(live), "=", s.liveValue(stream))).
 		Then(clientv3.OpDelete(live), clientv3.OpPut(s.dataplaneKey(id), value)).
 		Commit()
+	s.observe(opDisconnectDataplane, start, err)
 	if err != nil {
 		return etcdError(err)
 	}
@@ -159,11 +167,13 @@ func (s *Store) record(st *meridianv1.DataplaneStatus, connected bool) (id, valu
 // node id, with connected and state derived against the current version,
 // and that version.
 func (s *Store) ListDataplanes(ctx context.Context) ([]*meridianv1.DataplaneStatus, uint64, error) {
+	start := time.Now()
 	resp, err := s.client.Txn(ctx).Then(
 		clientv3.OpGet(s.dataplaneKey(""), clientv3.WithPrefix()),
 		clientv3.OpGet(s.liveKey(""), clientv3.WithPrefix()),
 		clientv3.OpGet(s.versionKey()),
 	).Commit()
+	s.observe(opListDataplanes, start, err)
 	if err != nil {
 		return nil, 0, etcdError(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -38,7 +39,9 @@ func (w *fleetWatcher) list(ctx context.Context) error {
 	lctx, cancel := context.WithTimeout(ctx, listTimeout)
 	defer cancel()
 	prefix := w.store.liveKey("")
+	start := time.Now()
 	resp, err := w.store.client.Get(lctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	w.store.observe(opListFleet, start, err)
 	if err != nil {
 		return etcdError(err)
 	}

@@ -11,7 +11,8 @@
 //	dataplanes/<node id>      meridianv1.DataplaneStatus (persistent)
 //	dataplanes-live/<node id> "<replica id> <stream id>", under the serving replica's lease
 //
-// Every replica watches the configuration keys (Watch) and counts the
+// Every replica watches the configuration keys and the history records,
+// which carry each version's commit time (Watch), and counts the
 // dataplanes-live keys (WatchFleet), so each sees the whole fleet.
 package store
 
@@ -30,6 +31,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meridian-gw/meridian/controlplane/internal/metrics"
 	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
@@ -70,6 +72,9 @@ type Options struct {
 	// LeaseTTL is how long a crashed replica's data planes keep showing as
 	// connected. 15s when zero.
 	LeaseTTL time.Duration
+	// Metrics records the latency of every etcd request; nil records
+	// nothing.
+	Metrics *metrics.Metrics
 }
 
 // Store is the etcd-backed configuration store. It is safe for concurrent
@@ -80,6 +85,7 @@ type Store struct {
 	replicaID string
 	log       *slog.Logger
 	leaseTTL  time.Duration
+	metrics   *metrics.Metrics
 	now       func() time.Time
 
 	// ctx outlives requests: the lease keep-alive runs on it.
@@ -109,6 +115,7 @@ func New(client *clientv3.Client, opts Options) *Store {
 		replicaID: opts.ReplicaID,
 		log:       opts.Logger,
 		leaseTTL:  opts.LeaseTTL,
+		metrics:   opts.Metrics,
 		now:       time.Now,
 		ctx:       ctx,
 		cancel:    cancel,
@@ -131,6 +138,28 @@ func (s *Store) Close() error {
 	}
 	s.cancel()
 	return err
+}
+
+// Operations label the etcd request metrics: one per kind of request the
+// store makes.
+const (
+	opReadConfig          = "read_config"
+	opReadVersion         = "read_version"
+	opReadResource        = "read_resource"
+	opReadHistory         = "read_history"
+	opReadRecord          = "read_record"
+	opCommit              = "commit"
+	opGrantLease          = "grant_lease"
+	opConnectDataplane    = "connect_dataplane"
+	opUpdateDataplane     = "update_dataplane"
+	opDisconnectDataplane = "disconnect_dataplane"
+	opListDataplanes      = "list_dataplanes"
+	opListFleet           = "list_fleet"
+)
+
+// observe records an etcd request of operation op that started at start.
+func (s *Store) observe(op string, start time.Time, err error) {
+	s.metrics.ObserveEtcdRequest(op, time.Since(start), err)
 }
 
 func (s *Store) resourcesPrefix() string { return s.prefix + "resources/" }
@@ -158,7 +187,9 @@ type state struct {
 }
 
 func (s *Store) load(ctx context.Context) (*state, error) {
+	start := time.Now()
 	resp, err := s.client.Get(ctx, s.resourcesPrefix(), clientv3.WithRange(s.configEnd()))
+	s.observe(opReadConfig, start, err)
 	if err != nil {
 		return nil, etcdError(err)
 	}
@@ -194,7 +225,9 @@ func parseVersion(b []byte) (uint64, error) {
 // Current returns the current configuration version (0 before the first
 // apply).
 func (s *Store) Current(ctx context.Context) (uint64, error) {
+	start := time.Now()
 	resp, err := s.client.Get(ctx, s.versionKey())
+	s.observe(opReadVersion, start, err)
 	if err != nil {
 		return 0, etcdError(err)
 	}
@@ -212,10 +245,12 @@ func (s *Store) Get(ctx context.Context, kind, name string) (*meridianv1.Resourc
 		return nil, 0, err
 	}
 	key := kind + "/" + name
+	start := time.Now()
 	resp, err := s.client.Txn(ctx).Then(
 		clientv3.OpGet(s.resourceKey(key)),
 		clientv3.OpGet(s.versionKey()),
 	).Commit()
+	s.observe(opReadResource, start, err)
 	if err != nil {
 		return nil, 0, etcdError(err)
 	}

@@ -507,14 +507,15 @@ type collector struct {
 
 type published struct {
 	version   uint64
+	committed time.Time
 	resources []*meridianv1.Resource
 }
 
 func newCollector() *collector { return &collector{ch: make(chan struct{}, 1)} }
 
-func (c *collector) publish(v uint64, rs []*meridianv1.Resource) {
+func (c *collector) publish(v uint64, committed time.Time, rs []*meridianv1.Resource) {
 	c.mu.Lock()
-	c.got = append(c.got, published{v, rs})
+	c.got = append(c.got, published{v, committed, rs})
 	c.mu.Unlock()
 	select {
 	case c.ch <- struct{}{}:
@@ -585,6 +586,9 @@ func TestWatchPublishesVersionsInOrder(t *testing.T) {
 	}
 	for _, p := range c.got {
 		if p.version == 0 {
+			if !p.committed.IsZero() {
+				t.Errorf("version 0 published with commit time %v", p.committed)
+			}
 			continue
 		}
 		rec, err := e.store.Record(testCtx(t), p.version)
@@ -592,6 +596,10 @@ func TestWatchPublishesVersionsInOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 		sameConfig(t, byKey(p.resources), rec.GetResources())
+		// The commit time comes from the version's own history record.
+		if want := rec.GetEntry().GetTime().AsTime(); !p.committed.Equal(want) {
+			t.Errorf("version %d published with commit time %v, want %v", p.version, p.committed, want)
+		}
 	}
 	if len(last.resources) != 4 {
 		t.Fatalf("version 6 has %d resources, want 4", len(last.resources))
@@ -623,6 +631,14 @@ func TestWatchRelistsAfterCompaction(t *testing.T) {
 	runWatch(t, func(ctx context.Context) error { return e.store.follow(ctx, "config", w) })
 	p := c.waitFor(t, 3)
 	sameConfig(t, byKey(p.resources), []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1"), configtest.Upstream("b", "127.0.0.1:2"), configtest.Upstream("c", "127.0.0.1:3")})
+	// A list reads the commit time from the history record too.
+	rec, err := e.store.Record(ctx, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := rec.GetEntry().GetTime().AsTime(); !p.committed.Equal(want) {
+		t.Fatalf("relisted version 3 has commit time %v, want %v", p.committed, want)
+	}
 	// Version 2 was never seen: the watcher relisted instead of replaying.
 	if got := fmt.Sprint(c.versions()); got != "[1 3]" {
 		t.Fatalf("published versions %s, want [1 3]", got)

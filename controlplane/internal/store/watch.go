@@ -15,9 +15,12 @@ import (
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
 
-// PublishFunc receives the whole configuration at a version. resources
-// are sorted as config.Sort and must not be modified.
-type PublishFunc func(version uint64, resources []*meridianv1.Resource)
+// PublishFunc receives the whole configuration at a version. committed is
+// when that version was committed, as its history record says (the
+// committing replica's clock); it is zero for version 0 and when the
+// record is missing. resources are sorted as config.Sort and must not be
+// modified.
+type PublishFunc func(version uint64, committed time.Time, resources []*meridianv1.Resource)
 
 // Watch keeps an in-memory copy of the configuration: it lists it at a
 // revision R, then watches from R+1. It calls publish after every list
@@ -43,6 +46,7 @@ type watcher struct {
 	// rev is the etcd revision the in-memory copy reflects; 0 means list.
 	rev       int64
 	version   uint64
+	committed time.Time
 	resources map[string]*meridianv1.Resource
 }
 
@@ -98,7 +102,11 @@ func (w *watcher) list(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w.rev, w.version = st.revision, st.version
+	committed, err := w.store.committed(lctx, st.version)
+	if err != nil {
+		return err
+	}
+	w.rev, w.version, w.committed = st.revision, st.version, committed
 	w.resources = make(map[string]*meridianv1.Resource, len(st.resources))
 	for key, sr := range st.resources {
 		w.resources[key] = sr.GetResource()
@@ -109,11 +117,17 @@ func (w *watcher) list(ctx context.Context) error {
 
 // watch follows changes from w.rev+1 until the watch ends. It resets
 // w.rev to 0 when only a new list can recover.
+//
+// The watched range starts at the history records, which sort just before
+// the resources: a version's record (and so its commit time) is written in
+// the same transaction as the version key and arrives in the same
+// response. The price is that every change brings the whole configuration
+// once more, in the record.
 func (w *watcher) watch(ctx context.Context) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	s := w.store
-	wch := s.client.Watch(wctx, s.resourcesPrefix(), clientv3.WithRange(s.configEnd()), clientv3.WithRev(w.rev+1))
+	wch := s.client.Watch(wctx, s.historyPrefix(), clientv3.WithRange(s.configEnd()), clientv3.WithRev(w.rev+1))
 	for resp := range wch {
 		if resp.CompactRevision != 0 {
 			err := fmt.Errorf("revision %d compacted (oldest is %d)", w.rev+1, resp.CompactRevision)
@@ -125,9 +139,20 @@ func (w *watcher) watch(ctx context.Context) error {
 			return err
 		}
 		advanced := false
+		committed := map[uint64]time.Time{}
 		for _, ev := range resp.Events {
 			key := string(ev.Kv.Key)
 			switch {
+			case strings.HasPrefix(key, s.historyPrefix()):
+				if ev.Type != clientv3.EventTypePut {
+					break
+				}
+				rec := &meridianv1.HistoryRecord{}
+				if err := proto.Unmarshal(ev.Kv.Value, rec); err != nil {
+					w.rev = 0
+					return fmt.Errorf("etcd key %s: %w", key, err)
+				}
+				committed[rec.GetEntry().GetVersion()] = commitTime(rec)
 			case key == s.versionKey() && ev.Type == clientv3.EventTypePut:
 				v, err := parseVersion(ev.Kv.Value)
 				if err != nil {
@@ -152,8 +177,10 @@ func (w *watcher) watch(ctx context.Context) error {
 			w.rev = ev.Kv.ModRevision
 		}
 		// A transaction's events share one revision and arrive in one
-		// response, so the map is consistent whenever the version moved.
+		// response, so the map is consistent whenever the version moved,
+		// and the version's history record came with it.
 		if advanced {
+			w.committed = committed[w.version]
 			w.emit()
 		}
 	}
@@ -166,7 +193,31 @@ func (w *watcher) emit() {
 		rs = append(rs, r)
 	}
 	config.Sort(rs)
-	w.publish(w.version, rs)
+	w.publish(w.version, w.committed, rs)
+}
+
+// committed returns the commit time of version from its history record;
+// zero for version 0 or when the record is missing.
+func (s *Store) committed(ctx context.Context, version uint64) (time.Time, error) {
+	if version == 0 {
+		return time.Time{}, nil
+	}
+	rec, err := s.Record(ctx, version)
+	if errors.Is(err, ErrNotFound) {
+		s.log.Warn("no history record for the current version; its commit time is unknown", "version", version)
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, err
+	}
+	return commitTime(rec), nil
+}
+
+func commitTime(rec *meridianv1.HistoryRecord) time.Time {
+	if t := rec.GetEntry().GetTime(); t != nil {
+		return t.AsTime()
+	}
+	return time.Time{}
 }
 
 // jitter spreads retries of many replicas: d ± 20%.

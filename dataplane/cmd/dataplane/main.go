@@ -22,12 +22,16 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/admin"
 	"github.com/meridian-gw/meridian/dataplane/internal/cache"
 	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
 	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
+	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
 	"github.com/meridian-gw/meridian/dataplane/internal/ratelimit/global"
 	"github.com/meridian-gw/meridian/dataplane/internal/server"
@@ -99,7 +103,7 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	nodeID := fs.String("node-id", hostname, "this data plane's id")
 	labels := fs.String("labels", "", "node labels, k=v,k=v")
 	cacheDir := fs.String("cache-dir", "./dataplane-cache", "directory of the last-known-good snapshot")
-	adminListen := fs.String("admin-listen", "127.0.0.1:9901", "admin listen address (/healthz, /readyz, /config)")
+	adminListen := fs.String("admin-listen", "127.0.0.1:9901", "admin listen address (/healthz, /readyz, /config, /metrics)")
 	pprofOn := fs.Bool("pprof", false, "serve Go runtime profiles (net/http/pprof) under /debug/pprof/ on the admin listener")
 	redisAddrs := fs.String("redis", "", "Redis for global rate limits: host:port; several comma-separated are Cluster seeds, or Sentinels with --redis-master-name (default none: global limits apply onStoreFailure)")
 	redisMaster := fs.String("redis-master-name", "", "Sentinel master name; --redis then lists Sentinel addresses")
@@ -324,8 +328,18 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		return 1
 	}
 
+	// The registry is this process's alone: nothing registers with
+	// Prometheus's global default.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		metrics.NewBuildInfo(version),
+	)
+	m := metrics.New(reg)
+
 	ip := clientip.New(o.trusted)
-	gwOpts := gateway.Options{Logger: log, ClientIP: ip}
+	gwOpts := gateway.Options{Logger: log, ClientIP: ip, Metrics: m}
 	if o.redis != nil {
 		// go-redis prints each failed dial on its own; the limiter logs
 		// every switch already, so these go to debug, as JSON.
@@ -388,14 +402,22 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		return 2
 	}
 
+	reg.MustRegister(metrics.NewObserver(func(obs *metrics.Observation) {
+		gw.Observe(obs)
+		obs.Connected = client.Connected() != ""
+		obs.SyncAge = client.DisconnectedFor()
+		obs.SnapshotsReceived, obs.Nacks = client.Received(), client.Nacks()
+	}))
+
 	errorLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	srvConfig := o.server
 	srvConfig.Certificates = certs
 	srvConfig.ErrorLog = errorLog
-	traffic := server.New(gw.Handler(proxy.HandlerConfig{ClientIP: ip}), srvConfig)
+	traffic := server.New(gw.Handler(proxy.HandlerConfig{ClientIP: ip, Metrics: m}), srvConfig)
 	var readiness server.Readiness
+	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: errorLog, ErrorHandling: promhttp.ContinueOnError})
 	adminSrv := &http.Server{
-		Handler:           readiness.Wrap(admin.Handler(gw, client, admin.Options{Pprof: o.pprof})),
+		Handler:           readiness.Wrap(admin.Handler(gw, client, admin.Options{Pprof: o.pprof, Metrics: metricsHandler})),
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          errorLog,
 	}

@@ -1,6 +1,6 @@
 // Package admin serves the data plane's operator endpoints: liveness,
-// readiness, the applied configuration's identity and, when enabled, the
-// Go runtime's profiles.
+// readiness, the applied configuration's identity, Prometheus metrics and,
+// when enabled, the Go runtime's profiles.
 package admin
 
 import (
@@ -47,10 +47,13 @@ type Options struct {
 	// internals and cost CPU while taken, so this is opt-in, and the
 	// admin listener is loopback unless the operator says otherwise.
 	Pprof bool
+	// Metrics serves GET /metrics (Prometheus exposition); nil: no
+	// /metrics.
+	Metrics http.Handler
 }
 
-// Handler returns the admin mux: /healthz, /readyz and /config, and
-// /debug/pprof/ when o.Pprof is set.
+// Handler returns the admin mux: /healthz, /readyz and /config,
+// /metrics when o.Metrics is set and /debug/pprof/ when o.Pprof is.
 func Handler(cfg ConfigSource, stats SyncStats, o Options) http.Handler {
 	mux := http.NewServeMux()
 	if o.Pprof {
@@ -61,6 +64,9 @@ func Handler(cfg ConfigSource, stats SyncStats, o Options) http.Handler {
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	if o.Metrics != nil {
+		mux.Handle("GET /metrics", o.Metrics)
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})

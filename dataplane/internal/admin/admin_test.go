@@ -91,3 +91,31 @@ func TestPprof(t *testing.T) {
 		})
 	}
 }
+
+func TestMetrics(t *testing.T) {
+	g := gateway.New(gateway.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	defer g.Close()
+	metrics := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "# metrics\n") })
+	tests := []struct {
+		name   string
+		opts   Options
+		method string
+		want   int
+	}{
+		{name: "served when set", opts: Options{Metrics: metrics}, method: "GET", want: http.StatusOK},
+		{name: "GET only", opts: Options{Metrics: metrics}, method: "POST", want: http.StatusMethodNotAllowed},
+		{name: "absent when not set", method: "GET", want: http.StatusNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			Handler(g, counter(0), tt.opts).ServeHTTP(rec, httptest.NewRequest(tt.method, "/metrics", nil))
+			if rec.Code != tt.want {
+				t.Errorf("%s /metrics = %d, want %d", tt.method, rec.Code, tt.want)
+			}
+			if tt.want == http.StatusOK && rec.Body.String() != "# metrics\n" {
+				t.Errorf("body = %q, want the metrics handler's", rec.Body.String())
+			}
+		})
+	}
+}

@@ -15,9 +15,16 @@ import (
 // spec and probe timeout unchanged carries it over, state and window and
 // all.
 type breakerInstance struct {
-	spec  *meridianv1.CircuitBreakerSpec
-	probe time.Duration
-	b     *breaker.Breaker
+	spec   *meridianv1.CircuitBreakerSpec
+	probe  time.Duration
+	b      *breaker.Breaker
+	labels breakerLabels
+}
+
+// breakerLabels name an instance in metrics: its CircuitBreaker and what
+// its scope applies it to; the parts a scope does not use are "".
+type breakerLabels struct {
+	breaker, upstream, route, target string
 }
 
 // routeBreakers is what one route's proxy needs from its CircuitBreaker.
@@ -39,9 +46,10 @@ func (rb routeBreakers) targetBreaker() func(string) *breaker.Breaker {
 // route timeout among the routes it guards (a half-open probe gives its
 // slot back after it), before any breaker is built.
 type breakerPlan struct {
-	name  string
-	spec  *meridianv1.CircuitBreakerSpec
-	probe time.Duration
+	name   string
+	spec   *meridianv1.CircuitBreakerSpec
+	probe  time.Duration
+	labels breakerLabels
 }
 
 // compileBreakers builds the circuit breakers every route needs, carrying
@@ -68,10 +76,11 @@ func compileBreakers(rs []*meridianv1.Resource, live map[string]*breakerInstance
 	}
 	plans := map[string]*breakerPlan{}
 	uses := map[string]routeUse{}
-	plan := func(key, cb string, timeout time.Duration) {
+	plan := func(key string, labels breakerLabels, timeout time.Duration) {
+		cb := labels.breaker
 		p := plans[key]
 		if p == nil {
-			p = &breakerPlan{name: cb, spec: specs[cb], probe: timeout}
+			p = &breakerPlan{name: cb, spec: specs[cb], probe: timeout, labels: labels}
 			plans[key] = p
 		}
 		// A route without a timeout lets a probe run as long as the
@@ -102,17 +111,17 @@ func compileBreakers(rs []*meridianv1.Resource, live map[string]*breakerInstance
 		switch specs[cb].GetScope() {
 		case meridianv1.BreakerScope_BREAKER_SCOPE_ROUTE:
 			use.key = cb + "/route/" + route
-			plan(use.key, cb, timeout)
+			plan(use.key, breakerLabels{breaker: cb, upstream: up, route: route}, timeout)
 		case meridianv1.BreakerScope_BREAKER_SCOPE_TARGET:
 			use.targets = map[string]string{}
 			for _, t := range ups[up].GetTargets() {
 				key := cb + "/target/" + up + "/" + t.GetAddress()
 				use.targets[t.GetAddress()] = key
-				plan(key, cb, timeout)
+				plan(key, breakerLabels{breaker: cb, upstream: up, target: t.GetAddress()}, timeout)
 			}
 		default: // upstream, the default
 			use.key = cb + "/upstream/" + up
-			plan(use.key, cb, timeout)
+			plan(use.key, breakerLabels{breaker: cb, upstream: up}, timeout)
 		}
 		uses[route] = use
 	}
@@ -129,7 +138,7 @@ func compileBreakers(rs []*meridianv1.Resource, live map[string]*breakerInstance
 			errs = append(errs, &config.FieldError{Kind: config.KindCircuitBreaker, Name: p.name, Path: "spec", Msg: err.Error()})
 			continue
 		}
-		instances[key] = &breakerInstance{spec: p.spec, probe: p.probe, b: b}
+		instances[key] = &breakerInstance{spec: p.spec, probe: p.probe, b: b, labels: p.labels}
 	}
 	if len(errs) > 0 {
 		return nil, nil, errs

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
+	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/middleware/jwt"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
 	"github.com/meridian-gw/meridian/dataplane/internal/router"
@@ -51,7 +52,7 @@ type Config struct {
 	hash      string
 	source    Source
 	appliedAt time.Time
-	table     *router.Table[http.Handler]
+	table     *router.Table[*proxy.Entry]
 	pools     map[string]*upstream.Pool
 	// providers are the JWTProviders by name; like pools, a provider whose
 	// spec did not change is carried over, keys, JWKS and token cache and
@@ -63,6 +64,8 @@ type Config struct {
 	// breakers are the circuit breaker instances by scope key; like
 	// limits, an unchanged one is carried over with its state.
 	breakers map[string]*breakerInstance
+	// live names the resources whose metrics this Config records.
+	live metrics.Live
 }
 
 // Version returns the snapshot version.
@@ -80,9 +83,9 @@ func (c *Config) AppliedAt() time.Time { return c.appliedAt }
 // Upstream returns the pool of the named upstream, or nil.
 func (c *Config) Upstream(name string) *upstream.Pool { return c.pools[name] }
 
-// Route returns the handler of the route r matches, or nil. Template
+// Route returns the entry of the route r matches, or nil. Template
 // parameters are recorded on r, readable with r.PathValue.
-func (c *Config) Route(r *http.Request) http.Handler {
+func (c *Config) Route(r *http.Request) *proxy.Entry {
 	rt, params, ok := c.table.Lookup(r)
 	if !ok {
 		return nil
@@ -109,6 +112,9 @@ type Options struct {
 	// Redis decides global-scope RateLimits; nil (no --redis) leaves
 	// every decision of theirs to their onStoreFailure policy.
 	Redis GlobalStore
+	// Metrics records requests, rate limit and JWT decisions of every
+	// configuration; nil: none.
+	Metrics *metrics.Metrics
 }
 
 // Gateway holds the live Config and applies new snapshots.
@@ -121,6 +127,7 @@ type Gateway struct {
 	now      func() time.Time
 	ip       *clientip.Resolver
 	redis    GlobalStore
+	metrics  *metrics.Metrics
 	// fleet is the number of connected data planes as the control plane
 	// last said; global limits falling back to local counting enforce
 	// their limit divided by it. 1 until told otherwise.
@@ -144,6 +151,7 @@ func New(opts Options) *Gateway {
 		now:      time.Now,
 		ip:       opts.ClientIP,
 		redis:    opts.Redis,
+		metrics:  opts.Metrics,
 	}
 	g.fleet.Store(1)
 	return g
@@ -194,11 +202,19 @@ func (g *Gateway) Apply(ctx context.Context, snap *meridianv1.Snapshot, src Sour
 	}
 	next, err := g.compile(ctx, snap, prev)
 	if err != nil {
+		// Drop the recorders the failed compile made for what never
+		// went live.
+		var live metrics.Live
+		if prev != nil {
+			live = prev.live
+		}
+		g.metrics.Retain(live)
 		return err
 	}
 	next.source = src
 	next.appliedAt = g.now()
 	g.current.Store(next)
+	g.metrics.Retain(next.live)
 	if len(next.limits) > 0 && g.sweepStop == nil && !g.closed {
 		g.startSweeper()
 	}
@@ -352,7 +368,7 @@ func (g *Gateway) compile(ctx context.Context, snap *meridianv1.Snapshot, prev *
 			c.providers[name] = old
 			continue
 		}
-		p, err := jwt.NewProvider(ctx, name, jp.GetSpec(), jwt.Options{Logger: g.log})
+		p, err := jwt.NewProvider(ctx, name, jp.GetSpec(), jwt.Options{Logger: g.log, Metrics: g.metrics.JWT(name)})
 		if err != nil {
 			errs = append(errs, &config.FieldError{Kind: config.KindJWTProvider, Name: name, Path: "spec",
 				Msg: strings.TrimPrefix(err.Error(), fmt.Sprintf("JWTProvider %q: ", name))})
@@ -374,14 +390,23 @@ func (g *Gateway) compile(ctx context.Context, snap *meridianv1.Snapshot, prev *
 		c.pools[name] = p
 	}
 
-	var entries []router.Entry[http.Handler]
+	c.live = metrics.Live{Routes: map[string]string{}}
+	for name := range c.limits {
+		c.live.RateLimits = append(c.live.RateLimits, name)
+	}
+	for name := range c.providers {
+		c.live.JWTProviders = append(c.live.JWTProviders, name)
+	}
+	var entries []router.Entry[*proxy.Entry]
 	for _, r := range rs {
 		rt := r.GetRoute()
 		if rt == nil {
 			continue
 		}
 		name := rt.GetMetadata().GetName()
-		pool := c.pools[rt.GetSpec().GetUpstream()]
+		upName := rt.GetSpec().GetUpstream()
+		c.live.Routes[name] = upName
+		pool := c.pools[upName]
 		if pool == nil {
 			// Validate checks references; this is a guard, not a path.
 			errs = append(errs, &config.FieldError{Kind: config.KindRoute, Name: name, Path: "spec.upstream", Msg: fmt.Sprintf("upstream %q not found", rt.GetSpec().GetUpstream())})
@@ -392,6 +417,7 @@ func (g *Gateway) compile(ctx context.Context, snap *meridianv1.Snapshot, prev *
 			Name: name, Spec: rt.GetSpec(), Pool: pool,
 			Buffers: g.buffers, Log: g.log, ErrorLog: g.errorLog,
 			Breaker: rb.shared, TargetBreaker: rb.targetBreaker(), Fallback: rb.fallback,
+			Metrics: g.metrics.Route(name, upName),
 		})
 		if err != nil {
 			errs = appendErr(errs, err)
@@ -402,8 +428,8 @@ func (g *Gateway) compile(ctx context.Context, snap *meridianv1.Snapshot, prev *
 			errs = appendErr(errs, err)
 			continue
 		}
-		entries = append(entries, router.Entry[http.Handler]{
-			Name: name, Priority: rt.GetSpec().GetPriority(), Match: rt.GetSpec().GetMatch(), Value: chain,
+		entries = append(entries, router.Entry[*proxy.Entry]{
+			Name: name, Priority: rt.GetSpec().GetPriority(), Match: rt.GetSpec().GetMatch(), Value: proxy.NewEntry(h, chain),
 		})
 	}
 	if err := errs.Err(); err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/middleware/ratelimit"
 	"github.com/meridian-gw/meridian/dataplane/internal/ratelimit/global"
 	"github.com/meridian-gw/meridian/dataplane/internal/ratelimit/local"
@@ -38,9 +39,10 @@ const storeFailureRetry = time.Second
 // onStoreFailure policy, counting this data plane's share of the limit in
 // a local store for the local policy. It is a ratelimit.Limiter.
 type rateLimit struct {
-	name string
-	spec *meridianv1.RateLimitSpec
-	log  *slog.Logger
+	name    string
+	spec    *meridianv1.RateLimitSpec
+	log     *slog.Logger
+	metrics *metrics.RateLimit // nil: none
 
 	// store counts a local-scope limit; nil for global scope.
 	store *local.Store
@@ -73,6 +75,7 @@ func (rl *rateLimit) Allow(ctx context.Context, key string, now time.Time) local
 		if err == nil {
 			if rl.failing.Load() && rl.remote.Available() && rl.failing.CompareAndSwap(true, false) {
 				rl.switches.Add(1)
+				rl.metrics.StoreSwitch()
 				rl.log.Info("global rate limit counting through Redis again", "limit", rl.name)
 			}
 			if d.Allowed && rl.localFallback() {
@@ -87,6 +90,7 @@ func (rl *rateLimit) Allow(ctx context.Context, key string, now time.Time) local
 		}
 		if rl.failing.CompareAndSwap(false, true) {
 			rl.switches.Add(1)
+			rl.metrics.StoreSwitch()
 			rl.log.Warn("global rate limit store unavailable, applying onStoreFailure",
 				"limit", rl.name, "on_store_failure", policyName(rl.spec.GetOnStoreFailure()), "error", err)
 		}
@@ -107,10 +111,13 @@ func (rl *rateLimit) localFallback() bool {
 func (rl *rateLimit) onStoreFailure(key string, now time.Time) local.Decision {
 	switch rl.spec.GetOnStoreFailure() {
 	case meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_ALLOW:
+		rl.metrics.StoreFailure(metrics.PolicyAllow)
 		return local.Decision{Allowed: true, Limit: rl.limit.Limit, Remaining: rl.limit.Limit}
 	case meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_DENY:
+		rl.metrics.StoreFailure(metrics.PolicyDeny)
 		return local.Decision{Limit: rl.limit.Limit, RetryAfter: storeFailureRetry, Reset: storeFailureRetry}
 	default: // local, the default
+		rl.metrics.StoreFailure(metrics.PolicyLocal)
 		return rl.shareStore().Allow(key, now)
 	}
 }
@@ -200,7 +207,7 @@ func (g *Gateway) compileRateLimits(rs []*meridianv1.Resource, live map[string]*
 			fail("spec.key", err)
 			continue
 		}
-		rl := &rateLimit{name: name, spec: spec, log: g.log}
+		rl := &rateLimit{name: name, spec: spec, log: g.log, metrics: g.metrics.RateLimit(name)}
 		if spec.GetScope() != meridianv1.RateLimitScope_RATE_LIMIT_SCOPE_GLOBAL {
 			store, err := local.New(spec, local.Options{})
 			if err != nil {
@@ -270,6 +277,7 @@ func (g *Gateway) rateLimits(route string, spec *meridianv1.RouteSpec, h http.Ha
 		ls = append(ls, ratelimit.Limit{
 			Name: name, Key: key, Limiter: rl,
 			Period: rl.spec.GetPeriod().AsDuration(), Shadow: rl.spec.GetShadow(),
+			Metrics: rl.metrics,
 		})
 	}
 	if len(ls) == 0 {

@@ -8,10 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
+	"github.com/meridian-gw/meridian/dataplane/internal/metrics/metricstest"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
 	"github.com/meridian-gw/meridian/dataplane/internal/ratelimit/global"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -166,23 +169,26 @@ func TestGlobalStoreFailure(t *testing.T) {
 	dead := deadRedis(t)
 
 	tests := []struct {
-		name   string
-		policy meridianv1.StoreFailurePolicy
-		limit  uint64
-		fleet  int
-		want   []int
+		name       string
+		policy     meridianv1.StoreFailurePolicy
+		limit      uint64
+		fleet      int
+		want       []int
+		policyName string // its label in metrics
 	}{
 		// The share is paced: a tenth of it may come back to back.
-		{"local is the default", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_UNSPECIFIED, 30, 1, []int{200, 200, 200, 429}},
-		{"local share of a fleet of 3", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_LOCAL, 90, 3, []int{200, 200, 200, 429}},
-		{"local share rounds up", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_LOCAL, 1, 5, []int{200, 429}},
-		{"allow", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_ALLOW, 1, 1, []int{200, 200, 200}},
-		{"deny", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_DENY, 100, 1, []int{429, 429}},
+		{"local is the default", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_UNSPECIFIED, 30, 1, []int{200, 200, 200, 429}, "local"},
+		{"local share of a fleet of 3", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_LOCAL, 90, 3, []int{200, 200, 200, 429}, "local"},
+		{"local share rounds up", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_LOCAL, 1, 5, []int{200, 429}, "local"},
+		{"allow", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_ALLOW, 1, 1, []int{200, 200, 200}, "allow"},
+		{"deny", meridianv1.StoreFailurePolicy_STORE_FAILURE_POLICY_DENY, 100, 1, []int{429, 429}, "deny"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			g := New(Options{Logger: discardLogger(), Redis: dead})
+			reg := prometheus.NewRegistry()
+			g := New(Options{Logger: discardLogger(), Redis: dead, Metrics: metrics.New(reg)})
 			defer g.Close()
+			reg.MustRegister(metrics.NewObserver(g.Observe))
 			g.SetFleetSize(tt.fleet)
 			rl := rateLimitRes("fleet", meridianv1.RateLimitScope_RATE_LIMIT_SCOPE_GLOBAL, tt.limit, "route")
 			rl.GetRateLimit().Spec.OnStoreFailure = tt.policy
@@ -203,6 +209,35 @@ func TestGlobalStoreFailure(t *testing.T) {
 			}
 			if got := g.Current().limits["fleet"].switches.Load(); got != 1 {
 				t.Errorf("%d switches to onStoreFailure counted, want 1", got)
+			}
+			allowed, rejected := 0.0, 0.0
+			for _, code := range tt.want {
+				if code == http.StatusOK {
+					allowed++
+				} else {
+					rejected++
+				}
+			}
+			for _, s := range []struct {
+				name   string
+				labels []string
+				want   float64
+			}{
+				{"meridian_dataplane_ratelimit_store_failure_decisions_total", []string{"limit", "fleet", "policy", tt.policyName}, float64(len(tt.want))},
+				{"meridian_dataplane_ratelimit_store_switches_total", []string{"limit", "fleet"}, 1},
+				{"meridian_dataplane_ratelimit_store_fallback", []string{"limit", "fleet"}, 1},
+			} {
+				if got := metricstest.Value(t, reg, s.name, s.labels...); got != s.want {
+					t.Errorf("%s%v = %v, want %v", s.name, s.labels, got, s.want)
+				}
+			}
+			for outcome, want := range map[string]float64{"allowed": allowed, "rejected": rejected} {
+				if got, _ := metricstest.Lookup(t, reg, "meridian_dataplane_ratelimit_decisions_total", "limit", "fleet", "outcome", outcome); got != want {
+					t.Errorf("%s decisions = %v, want %v", outcome, got, want)
+				}
+			}
+			if got := metricstest.Value(t, reg, "meridian_dataplane_ratelimit_redis_calls_total"); got < 1 {
+				t.Errorf("Redis calls = %v, want at least the first, failed one", got)
 			}
 		})
 	}

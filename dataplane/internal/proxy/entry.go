@@ -28,9 +28,6 @@ func NewEntry(rt *Route, chain http.Handler) *Entry {
 	return e
 }
 
-// Route returns the entry's Route.
-func (e *Entry) Route() *Route { return e.route }
-
 // ServeHTTP serves r as Handler does once r matched the route. The
 // request's X-Request-Id, if any, is passed on as it is.
 func (e *Entry) ServeHTTP(w http.ResponseWriter, r *http.Request) {

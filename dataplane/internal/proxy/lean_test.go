@@ -12,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
+	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
@@ -22,10 +25,13 @@ import (
 func leanGateway(t *testing.T, h http.Handler) string {
 	t.Helper()
 	up := httptestServer(t, h)
-	g := gateway.New(gateway.Options{Logger: discard()})
+	// With metrics, as the data plane runs: every request goes through
+	// their ResponseWriter.
+	m := metrics.New(prometheus.NewRegistry())
+	g := gateway.New(gateway.Options{Logger: discard(), Metrics: m})
 	t.Cleanup(g.Close)
 	apply(t, g, 1, upstreamRes("up", addr(up)), routeRes("r", &meridianv1.RouteSpec{Upstream: "up", Match: match(prefix("/"))}))
-	return "http://" + addr(httptestServer(t, g.Handler(proxy.HandlerConfig{})))
+	return "http://" + addr(httptestServer(t, g.Handler(proxy.HandlerConfig{Metrics: m})))
 }
 
 func TestLeanHopByHopHeaders(t *testing.T) {

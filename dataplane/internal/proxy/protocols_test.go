@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/websocket"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
+	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
@@ -35,12 +37,15 @@ func gatewayTo(t *testing.T, upstreamAddr string, scheme meridianv1.Scheme) stri
 	t.Helper()
 	up := upstreamRes("up", upstreamAddr)
 	up.GetUpstream().Spec.Scheme = scheme
-	g := gateway.New(gateway.Options{Logger: discard()})
+	// With metrics, as the data plane runs: every request goes through
+	// their ResponseWriter.
+	m := metrics.New(prometheus.NewRegistry())
+	g := gateway.New(gateway.Options{Logger: discard(), Metrics: m})
 	t.Cleanup(g.Close)
 	apply(t, g, 1, up, routeRes("r", &meridianv1.RouteSpec{
 		Upstream: "up", Match: match(prefix("/")), Timeout: durationpb.New(shortTimeout),
 	}))
-	return addr(httptestServer(t, g.Handler(proxy.HandlerConfig{})))
+	return addr(httptestServer(t, g.Handler(proxy.HandlerConfig{Metrics: m})))
 }
 
 func TestWebSocketEcho(t *testing.T) {

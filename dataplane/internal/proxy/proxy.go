@@ -123,15 +123,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // writeError is writeJSON for Handler's own answers, which carry the
 // generated request id, if any. They are counted under no route.
 func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, newID string, status int, body []byte) {
-	if h.unrouted != nil {
-		start := time.Now()
-		h.unrouted.Begin()
-		defer func() { h.unrouted.End(r.Method, status, int64(len(body)), time.Since(start)) }()
-	}
 	if newID != "" {
 		w.Header()[headerRequestID] = []string{newID}
 	}
+	if h.unrouted == nil {
+		writeJSON(w, status, body)
+		return
+	}
+	start := time.Now()
+	h.unrouted.Begin()
 	writeJSON(w, status, body)
+	h.unrouted.End(r.Method, status, int64(len(body)), time.Since(start))
 }
 
 // checkForwarded drops the client's forwarding headers unless the peer is

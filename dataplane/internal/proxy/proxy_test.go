@@ -15,10 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
+	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
 	"github.com/meridian-gw/meridian/dataplane/internal/server"
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
@@ -394,16 +396,26 @@ func runProxyBench(b *testing.B, h http.Handler) {
 	}
 }
 
-// BenchmarkProxy measures the gateway's handler; BenchmarkBareReverseProxy
-// is the floor: httputil.ReverseProxy with the same transport defaults.
+// BenchmarkProxy measures the gateway's handler as the data plane runs it,
+// metrics included; BenchmarkProxyNoMetrics is the same without them.
+// BenchmarkBareReverseProxy is the floor: httputil.ReverseProxy with the
+// same transport defaults.
 func BenchmarkProxy(b *testing.B) {
+	benchGateway(b, metrics.New(prometheus.NewRegistry()))
+}
+
+func BenchmarkProxyNoMetrics(b *testing.B) {
+	benchGateway(b, nil)
+}
+
+func benchGateway(b *testing.B, m *metrics.Metrics) {
 	srv := benchUpstream(b)
-	g := gateway.New(gateway.Options{Logger: discard()})
+	g := gateway.New(gateway.Options{Logger: discard(), Metrics: m})
 	defer g.Close()
 	apply(b, g, 1, upstreamRes("users", addr(srv)), routeRes("r", &meridianv1.RouteSpec{
 		Upstream: "users", Match: match(prefix("/api/users")),
 	}))
-	runProxyBench(b, g.Handler(proxy.HandlerConfig{}))
+	runProxyBench(b, g.Handler(proxy.HandlerConfig{Metrics: m}))
 }
 
 func BenchmarkBareReverseProxy(b *testing.B) {

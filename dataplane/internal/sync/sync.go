@@ -73,8 +73,12 @@ type Config struct {
 type Client struct {
 	cfg       Config
 	received  atomic.Uint64
+	nacks     atomic.Uint64
 	connected atomic.Pointer[string]
 	fleet     atomic.Uint32
+	// lastOpen is when a stream was last open (Unix nanoseconds): when
+	// the last one closed, or when the Client was created.
+	lastOpen atomic.Int64
 }
 
 // New checks cfg and returns a Client.
@@ -94,12 +98,28 @@ func New(cfg Config) (*Client, error) {
 	if cfg.HealthyAfter <= 0 {
 		cfg.HealthyAfter = cfg.MaxBackoff
 	}
-	return &Client{cfg: cfg}, nil
+	c := &Client{cfg: cfg}
+	c.lastOpen.Store(time.Now().UnixNano())
+	return c, nil
 }
 
 // Received counts the snapshots received from any control plane since the
 // Client was created.
 func (c *Client) Received() uint64 { return c.received.Load() }
+
+// Nacks counts the snapshots rejected since the Client was created.
+func (c *Client) Nacks() uint64 { return c.nacks.Load() }
+
+// DisconnectedFor returns how long no stream has been open: 0 while one
+// is, else the time since the last one closed or, before any, since the
+// Client was created. The control plane pushes every change on an open
+// stream, so this is how stale the configuration may be.
+func (c *Client) DisconnectedFor() time.Duration {
+	if c.connected.Load() != nil {
+		return 0
+	}
+	return time.Duration(time.Now().UnixNano() - c.lastOpen.Load())
+}
 
 // Fleet returns the last fleet size any control plane reported (0 before
 // the first report). It is kept across reconnects: the last size is a
@@ -197,7 +217,10 @@ func (c *Client) session(ctx context.Context, addr string) (healthy bool, err er
 		return false, fmt.Errorf("send hello: %w", recvErr(stream, err))
 	}
 	c.connected.Store(&addr)
-	defer c.connected.Store(nil)
+	defer func() {
+		c.lastOpen.Store(time.Now().UnixNano())
+		c.connected.Store(nil)
+	}()
 	c.cfg.Log.Info("connected to control plane", "controlplane", addr, "version", version)
 
 	for {
@@ -246,6 +269,7 @@ func (c *Client) answer(ctx context.Context, snap *meridianv1.Snapshot) *meridia
 		c.cfg.Log.Info("snapshot acknowledged", "version", snap.GetVersion(), "hash", snap.GetHash())
 		return &meridianv1.StreamSnapshotsRequest{Version: snap.GetVersion(), Hash: snap.GetHash(), ResponseNonce: snap.GetNonce()}
 	}
+	c.nacks.Add(1)
 	version, hash := c.cfg.Applier.Applied()
 	cerr := ConfigError(err)
 	c.cfg.Log.Warn("snapshot rejected", "version", snap.GetVersion(), "kept", version,

@@ -210,6 +210,12 @@ func TestConnectAndAck(t *testing.T) {
 	if c.Connected() != addr {
 		t.Errorf("Connected() = %q, want %q", c.Connected(), addr)
 	}
+	if d := c.DisconnectedFor(); d != 0 {
+		t.Errorf("DisconnectedFor() = %v while connected, want 0", d)
+	}
+	if c.Nacks() != 0 {
+		t.Errorf("Nacks() = %d, want 0", c.Nacks())
+	}
 }
 
 func TestFleet(t *testing.T) {
@@ -281,10 +287,13 @@ func TestNack(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newCDS()
 			addr, _ := serve(t, s, "127.0.0.1:0")
-			startClient(t, &applier{version: 1, hash: "h1", fail: map[uint64]error{2: tt.err}}, addr)
+			c := startClient(t, &applier{version: 1, hash: "h1", fail: map[uint64]error{2: tt.err}}, addr)
 			recv(t, s.hellos, "hello")
 			s.send <- &meridianv1.Snapshot{Version: 2, Hash: "h2", Nonce: "n2"}
 			nack := recv(t, s.answers, "NACK")
+			if c.Nacks() != 1 || c.Received() != 1 {
+				t.Errorf("Nacks() = %d, Received() = %d, want 1, 1", c.Nacks(), c.Received())
+			}
 			if nack.GetVersion() != 1 || nack.GetHash() != "h1" || nack.GetResponseNonce() != "n2" {
 				t.Errorf("nack = version %d hash %q nonce %q, want 1 h1 n2", nack.GetVersion(), nack.GetHash(), nack.GetResponseNonce())
 			}
@@ -333,6 +342,12 @@ func TestFallThroughToSecondAddress(t *testing.T) {
 	recv(t, s.hellos, "hello on the second address")
 	if c.Connected() != addr {
 		t.Errorf("Connected() = %q, want %q", c.Connected(), addr)
+	}
+	if d := c.DisconnectedFor(); d != 0 {
+		t.Errorf("DisconnectedFor() = %v while connected, want 0", d)
+	}
+	if c.Nacks() != 0 {
+		t.Errorf("Nacks() = %d, want 0", c.Nacks())
 	}
 }
 

@@ -102,6 +102,11 @@ func (c *checker) check(ctx context.Context, results []bool) {
 }
 
 func (c *checker) record(t *Target, i int, ok bool) {
+	if ok {
+		c.pool.checks.passed.Add(1)
+	} else {
+		c.pool.checks.failed.Add(1)
+	}
 	if !t.probed.Load() {
 		t.probed.Store(true)
 		t.down.Store(!ok)

@@ -477,3 +477,46 @@ func TestCloseUnusedClosesPools(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestHealthCheckCounts: probes are counted by result, and a pool rebuilt
+// for a changed spec keeps counting from its predecessor's totals.
+func TestHealthCheckCounts(t *testing.T) {
+	good, bad := newBackend(t), newBackend(t)
+	bad.status.Store(http.StatusServiceUnavailable)
+	// One round of probes at start, and no other for an hour.
+	check := func(healthy uint32) *meridianv1.ActiveHealthCheck {
+		return &meridianv1.ActiveHealthCheck{Path: "/healthz", Interval: durationpb.New(time.Hour), HealthyThreshold: healthy}
+	}
+	p, err := New("u", activeSpec(check(1), good, bad), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Transport().CloseIdleConnections()
+	defer p.Close()
+	if !p.ActiveHealthCheck() {
+		t.Error("ActiveHealthCheck() = false with an active check")
+	}
+	eventually(t, "the first round of probes", func() bool { ok, failed := p.HealthChecks(); return ok+failed == 2 })
+	if ok, failed := p.HealthChecks(); ok != 1 || failed != 1 {
+		t.Errorf("HealthChecks() = %d passed, %d failed; want 1, 1", ok, failed)
+	}
+
+	next, err := New("u", activeSpec(check(2), good, bad), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer next.Close()
+	eventually(t, "the new pool's first round", func() bool { ok, failed := next.HealthChecks(); return ok+failed == 4 })
+	if ok, failed := next.HealthChecks(); ok != 2 || failed != 2 {
+		t.Errorf("after the new pool's round: %d passed, %d failed; want 2, 2", ok, failed)
+	}
+
+	plain, err := New("p", &meridianv1.UpstreamSpec{Targets: activeSpec(check(1), good).Targets}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if plain.ActiveHealthCheck() {
+		t.Error("ActiveHealthCheck() = true without an active check")
+	}
+}

@@ -62,6 +62,11 @@ type Pool struct {
 
 	ejectMu sync.Mutex // serialises ejections so maxEjectionPercent holds
 
+	// checks counts active health check probes. A pool built to replace
+	// one of the same name shares its predecessor's, so the counts grow
+	// for as long as the upstream exists.
+	checks *checkCounts
+
 	stop      context.CancelFunc
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -158,6 +163,10 @@ func build(name string, spec *meridianv1.UpstreamSpec, prev *Pool, now func() in
 	}
 	if spec.GetScheme() == meridianv1.Scheme_SCHEME_HTTPS {
 		p.scheme = "https"
+	}
+	p.checks = new(checkCounts)
+	if prev != nil {
+		p.checks = prev.checks
 	}
 	if prev != nil && sameTransport(prev.spec, spec) {
 		p.transport = prev.transport
@@ -277,6 +286,24 @@ func (p *Pool) Next() (addr string, ok bool) {
 	}
 	t.inflight.Add(-1)
 	return t.addr, true
+}
+
+// checkCounts counts active health check probes by result.
+type checkCounts struct {
+	passed, failed atomic.Uint64
+}
+
+// ActiveHealthCheck reports whether the upstream has active health
+// checks.
+func (p *Pool) ActiveHealthCheck() bool {
+	return p.spec.GetHealthCheck().GetActive() != nil
+}
+
+// HealthChecks returns how many active health check probes passed and
+// failed, over the life of the upstream (pools rebuilt for a changed spec
+// included).
+func (p *Pool) HealthChecks() (passed, failed uint64) {
+	return p.checks.passed.Load(), p.checks.failed.Load()
 }
 
 // TargetStatus is a point-in-time view of one target, for admin endpoints

@@ -30,6 +30,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
 
@@ -121,16 +122,19 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 						status: http.StatusForbidden,
 						code:   "insufficient_scope",
 						desc:   "token lacks required claim " + m.require[i].claim,
+						reason: metrics.JWTInsufficientScope,
 					}
 					break
 				}
 			}
 		}
 		if aerr == nil {
+			m.p.metrics.Record(metrics.JWTOK)
 			m.serve(w, r, used, id)
 			return
 		}
 	}
+	m.p.metrics.Record(aerr.reason)
 	m.p.log.DebugContext(r.Context(), "request rejected", "status", aerr.status, "reason", aerr.desc)
 	m.reject(w, aerr)
 }

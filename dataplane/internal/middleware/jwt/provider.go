@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
 
@@ -46,6 +47,8 @@ type Options struct {
 	// CacheSize bounds the verified-token cache. 0 means DefaultCacheSize;
 	// negative disables the cache.
 	CacheSize int
+	// Metrics records the requests the provider judges; nil: none.
+	Metrics *metrics.JWT
 }
 
 func (o Options) withDefaults() Options {
@@ -86,12 +89,13 @@ type Provider struct {
 	consumer    string
 	cacheMaxAge time.Duration
 
-	static *keySet
-	jwks   *jwksSource // nil without jwksURI
-	cache  *tokenCache
-	parser *jwtlib.Parser
-	now    func() time.Time
-	log    *slog.Logger
+	static  *keySet
+	jwks    *jwksSource // nil without jwksURI
+	cache   *tokenCache
+	parser  *jwtlib.Parser
+	now     func() time.Time
+	log     *slog.Logger
+	metrics *metrics.JWT
 
 	closeOnce sync.Once
 }
@@ -120,6 +124,7 @@ func NewProvider(ctx context.Context, name string, spec *meridianv1.JWTProviderS
 		consumer:  spec.GetConsumerClaim(),
 		now:       opts.Now,
 		log:       opts.Logger.With("jwtProvider", name),
+		metrics:   opts.Metrics,
 	}
 	if err := p.init(spec, opts); err != nil {
 		return nil, fmt.Errorf("JWTProvider %q: %w", name, err)
@@ -454,38 +459,40 @@ func minTime(a, b time.Time) time.Time {
 }
 
 // authError is a rejected request: status, RFC 6750 error code and a
-// description that never contains the token or a secret.
+// description that never contains the token or a secret, and the reason
+// metrics count it under.
 type authError struct {
 	status int
 	code   string
 	desc   string
+	reason metrics.JWTReason
 }
 
 func (e *authError) Error() string { return e.desc }
 
-func invalidToken(desc string) *authError {
-	return &authError{status: http.StatusUnauthorized, code: "invalid_token", desc: desc}
+func invalidToken(reason metrics.JWTReason, desc string) *authError {
+	return &authError{status: http.StatusUnauthorized, code: "invalid_token", desc: desc, reason: reason}
 }
 
 var (
-	errNoToken        = &authError{status: http.StatusUnauthorized, desc: "no token"}
-	errMultipleTokens = &authError{status: http.StatusBadRequest, code: "invalid_request", desc: "token given more than once"}
-	errTooLarge       = invalidToken(fmt.Sprintf("token longer than %d bytes", MaxTokenSize))
-	errMalformed      = invalidToken("malformed token")
-	errAlgorithm      = invalidToken("signing algorithm not allowed")
-	errCrit           = invalidToken("unsupported critical header")
-	errUnknownKid     = invalidToken("unknown key id")
-	errKidMismatch    = invalidToken("key id names a key of another algorithm")
-	errNoKey          = invalidToken("no key for the signing algorithm")
-	errSignature      = invalidToken("invalid signature")
-	errNoExp          = invalidToken("token has no exp claim")
-	errBadTime        = invalidToken("exp, nbf or iat is not a valid date")
-	errExpired        = invalidToken("token expired")
-	errNotYet         = invalidToken("token not valid yet (nbf)")
-	errIssuedFuture   = invalidToken("token issued in the future (iat)")
-	errIssuer         = invalidToken("wrong issuer")
-	errAudience       = invalidToken("wrong audience")
-	errClaimHeader    = invalidToken("a forwarded claim is not a valid header value")
+	errNoToken        = &authError{status: http.StatusUnauthorized, desc: "no token", reason: metrics.JWTMissing}
+	errMultipleTokens = &authError{status: http.StatusBadRequest, code: "invalid_request", desc: "token given more than once", reason: metrics.JWTMultiple}
+	errTooLarge       = invalidToken(metrics.JWTTooLarge, fmt.Sprintf("token longer than %d bytes", MaxTokenSize))
+	errMalformed      = invalidToken(metrics.JWTMalformed, "malformed token")
+	errAlgorithm      = invalidToken(metrics.JWTBadAlgorithm, "signing algorithm not allowed")
+	errCrit           = invalidToken(metrics.JWTMalformed, "unsupported critical header")
+	errUnknownKid     = invalidToken(metrics.JWTUnknownKey, "unknown key id")
+	errKidMismatch    = invalidToken(metrics.JWTUnknownKey, "key id names a key of another algorithm")
+	errNoKey          = invalidToken(metrics.JWTUnknownKey, "no key for the signing algorithm")
+	errSignature      = invalidToken(metrics.JWTBadSignature, "invalid signature")
+	errNoExp          = invalidToken(metrics.JWTInvalidClaim, "token has no exp claim")
+	errBadTime        = invalidToken(metrics.JWTInvalidClaim, "exp, nbf or iat is not a valid date")
+	errExpired        = invalidToken(metrics.JWTExpired, "token expired")
+	errNotYet         = invalidToken(metrics.JWTNotYetValid, "token not valid yet (nbf)")
+	errIssuedFuture   = invalidToken(metrics.JWTNotYetValid, "token issued in the future (iat)")
+	errIssuer         = invalidToken(metrics.JWTWrongIssuer, "wrong issuer")
+	errAudience       = invalidToken(metrics.JWTWrongAudience, "wrong audience")
+	errClaimHeader    = invalidToken(metrics.JWTInvalidClaim, "a forwarded claim is not a valid header value")
 )
 
 // descriptionSafe keeps the characters RFC 6750 §3 allows in

@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/ratelimit/local"
 )
 
@@ -46,6 +47,8 @@ type Limit struct {
 	Period time.Duration
 	// Shadow counts and reports but never rejects.
 	Shadow bool
+	// Metrics records the limit's decisions; nil: none.
+	Metrics *metrics.RateLimit
 }
 
 // Options are the middleware's collaborators.
@@ -118,13 +121,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		l := &h.limits[i]
 		d := l.Limiter.Allow(ctx, h.key(&l.Key, r), now)
 		if !d.Allowed && !l.Shadow {
+			l.Metrics.Decision(metrics.LimitRejected)
 			writeHeaders(w.Header(), l, d)
 			reject(w, l, d)
 			return
 		}
-		if !d.Allowed && h.log != nil {
-			h.log.LogAttrs(ctx, slog.LevelDebug, "rate limit exceeded in shadow mode",
-				slog.String("route", h.route), slog.String("limit", l.Name))
+		switch {
+		case !d.Allowed:
+			l.Metrics.Decision(metrics.LimitShadowRejected)
+			if h.log != nil {
+				h.log.LogAttrs(ctx, slog.LevelDebug, "rate limit exceeded in shadow mode",
+					slog.String("route", h.route), slog.String("limit", l.Name))
+			}
+		case d.Wait > 0 && !l.Shadow:
+			l.Metrics.Decision(metrics.LimitQueued)
+		default:
+			l.Metrics.Decision(metrics.LimitAllowed)
 		}
 		if !l.Shadow {
 			wait = max(wait, d.Wait)

@@ -10,10 +10,13 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	josejwt "github.com/go-jose/go-jose/v4/jwt"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
+	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
+	"github.com/meridian-gw/meridian/dataplane/internal/metrics/metricstest"
 	"github.com/meridian-gw/meridian/dataplane/internal/middleware/jwt"
 	"github.com/meridian-gw/meridian/dataplane/internal/ratelimit/local"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -341,6 +344,36 @@ func TestQueueWaits(t *testing.T) {
 				t.Errorf("request went on after %s, before its turn at %s", d, tt.minDelay)
 			}
 		})
+	}
+}
+
+// TestDecisionMetrics: each decision is recorded under its limit with
+// what it did to the request.
+func TestDecisionMetrics(t *testing.T) {
+	k, _ := ParseKey([]string{"route"}, "r", nil)
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+	h := New([]Limit{
+		{Name: "shadow", Key: k, Limiter: store(t, 1, time.Hour), Period: time.Hour, Shadow: true, Metrics: m.RateLimit("shadow")},
+		{Name: "queue", Key: k, Limiter: waiter{time.Millisecond}, Period: time.Second, Metrics: m.RateLimit("queue")},
+		{Name: "enforced", Key: k, Limiter: store(t, 2, time.Hour), Period: time.Hour, Metrics: m.RateLimit("enforced")},
+	}, Options{}, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	for range 3 {
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/", nil))
+	}
+	for _, tt := range []struct {
+		limit, outcome string
+		want           float64
+	}{
+		{"shadow", "allowed", 1},
+		{"shadow", "shadow_rejected", 2},
+		{"queue", "queued", 3},
+		{"enforced", "allowed", 2},
+		{"enforced", "rejected", 1},
+	} {
+		if got := metricstest.Value(t, reg, "meridian_dataplane_ratelimit_decisions_total", "limit", tt.limit, "outcome", tt.outcome); got != tt.want {
+			t.Errorf("%s %s = %v, want %v", tt.limit, tt.outcome, got, tt.want)
+		}
 	}
 }
 

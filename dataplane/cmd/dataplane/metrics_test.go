@@ -1,0 +1,133 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meridian-gw/meridian/dataplane/internal/cache"
+	"github.com/meridian-gw/meridian/proto/config"
+	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
+)
+
+// TestMetricsEndpoint runs the program, sends traffic through it, scrapes
+// /metrics on the admin listener and has promtool check the exposition.
+// promtool comes with Debian's prometheus package; without it the test
+// fails, as CI must run it.
+func TestMetricsEndpoint(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Fatalf("promtool is required (apt-get install prometheus): %v", err)
+	}
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	}))
+	defer up.Close()
+
+	// Boot from a cached snapshot; no control plane answers.
+	dir := t.TempDir()
+	rs := []*meridianv1.Resource{
+		{Kind: &meridianv1.Resource_Upstream{Upstream: &meridianv1.Upstream{
+			Metadata: &meridianv1.Metadata{Name: "u"},
+			Spec:     &meridianv1.UpstreamSpec{Targets: []*meridianv1.Target{{Address: up.Listener.Addr().String()}}},
+		}}},
+		{Kind: &meridianv1.Resource_Route{Route: &meridianv1.Route{
+			Metadata: &meridianv1.Metadata{Name: "r"},
+			Spec:     &meridianv1.RouteSpec{Upstream: "u", Match: &meridianv1.RouteMatch{Paths: []*meridianv1.PathMatch{{Kind: &meridianv1.PathMatch_Prefix{Prefix: "/api"}}}}},
+		}}},
+	}
+	if err := cache.New(dir).Save(&meridianv1.Snapshot{Version: 3, Hash: config.Hash(rs), Resources: rs}); err != nil {
+		t.Fatal(err)
+	}
+	dead, _ := net.Listen("tcp", "127.0.0.1:0")
+	deadAddr := dead.Addr().String()
+	dead.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	outR, outW := io.Pipe()
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{
+			"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+			"--controlplane", deadAddr, "--cache-dir", dir, "--node-id", "test",
+		}, env(nil), outW, io.Discard)
+		outW.Close()
+	}()
+	addrs := map[string]string{}
+	sc := bufio.NewScanner(outR)
+	for len(addrs) < 2 && sc.Scan() {
+		if name, addr, ok := strings.Cut(sc.Text(), " listening on "); ok {
+			addrs[name] = addr
+		}
+	}
+	go io.Copy(io.Discard, outR)
+	if len(addrs) < 2 {
+		t.Fatalf("the program did not report its listeners: %v", addrs)
+	}
+
+	get := func(url string) (int, []byte) {
+		t.Helper()
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, b
+	}
+	for _, path := range []string{"/api/a", "/api/b", "/elsewhere"} {
+		get("http://" + addrs["dataplane"] + path)
+	}
+	status, body := get("http://" + addrs["admin"] + "/metrics")
+	if status != http.StatusOK {
+		t.Fatalf("/metrics: %d %s", status, body)
+	}
+	text := "\n" + string(body)
+	for _, want := range []string{
+		`meridian_dataplane_requests_total{method="GET",route="r",status_class="2xx",upstream="u"} 2`,
+		`meridian_dataplane_requests_total{method="GET",route="(none)",status_class="4xx",upstream="(none)"} 1`,
+		`meridian_dataplane_request_duration_seconds_count{route="r",upstream="u"} 2`,
+		`meridian_dataplane_config_version 3`,
+		`meridian_dataplane_controlplane_connected 0`,
+		`meridian_dataplane_build_info{version="dev"} 1`,
+		`meridian_dataplane_upstream_targets{state="healthy",upstream="u"} 1`,
+	} {
+		if !strings.Contains(text, "\n"+want+"\n") {
+			t.Errorf("/metrics lacks the line %s", want)
+		}
+	}
+	for _, family := range []string{"go_goroutines", "process_resident_memory_bytes"} {
+		if !strings.Contains(text, "\n"+family+" ") {
+			t.Errorf("/metrics lacks %s", family)
+		}
+	}
+
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = bytes.NewReader(body)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit code = %d after shutdown", code)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("run did not return after cancel")
+	}
+	http.DefaultClient.CloseIdleConnections()
+}

@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -62,12 +61,7 @@ func (w *fleetWatcher) watch(ctx context.Context) error {
 	prefix := w.store.liveKey("")
 	wch := w.store.client.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(w.rev+1))
 	for resp := range wch {
-		if resp.CompactRevision != 0 {
-			err := fmt.Errorf("revision %d compacted (oldest is %d)", w.rev+1, resp.CompactRevision)
-			w.rev = 0
-			return err
-		}
-		if err := resp.Err(); err != nil {
+		if err := watchFailure(resp, w.rev); err != nil {
 			w.rev = 0
 			return err
 		}

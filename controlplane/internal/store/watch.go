@@ -129,12 +129,7 @@ func (w *watcher) watch(ctx context.Context) error {
 	s := w.store
 	wch := s.client.Watch(wctx, s.historyPrefix(), clientv3.WithRange(s.configEnd()), clientv3.WithRev(w.rev+1))
 	for resp := range wch {
-		if resp.CompactRevision != 0 {
-			err := fmt.Errorf("revision %d compacted (oldest is %d)", w.rev+1, resp.CompactRevision)
-			w.rev = 0
-			return err
-		}
-		if err := resp.Err(); err != nil {
+		if err := watchFailure(resp, w.rev); err != nil {
 			w.rev = 0
 			return err
 		}
@@ -223,4 +218,13 @@ func commitTime(rec *meridianv1.HistoryRecord) time.Time {
 // jitter spreads retries of many replicas: d ± 20%.
 func jitter(d time.Duration) time.Duration {
 	return d*8/10 + time.Duration(rand.Int64N(int64(d*4/10)+1))
+}
+
+// watchFailure returns why a watch response from revision rev+1 on ends
+// the watch: the revisions it needs were compacted, or the watch failed.
+func watchFailure(resp clientv3.WatchResponse, rev int64) error {
+	if resp.CompactRevision != 0 {
+		return fmt.Errorf("revision %d compacted (oldest is %d)", rev+1, resp.CompactRevision)
+	}
+	return resp.Err()
 }

@@ -285,7 +285,9 @@ start_meridian() {
 	wait_http "$name-cp" "http://127.0.0.1:$metrics/readyz"
 	"$ROOT/bin/gatewayctl" --server "127.0.0.1:$cp" --timeout 300s apply -f "$config" -m bench >"$TMP/$name-apply.log" 2>&1 ||
 		{ echo "$0: gatewayctl apply ($name) failed:" >&2; tail -n 20 "$TMP/$name-apply.log" >&2; exit 1; }
-	start "$name" "$CPU_PROXY" env "$@" "$dataplane" --listen "127.0.0.1:${PORT[$name]}" \
+	# Access logs off, as for every other proxy in the comparison (the
+	# MERIDIAN_ACCESS_LOG variable, so ENV can turn them on).
+	start "$name" "$CPU_PROXY" env MERIDIAN_ACCESS_LOG=off "$@" "$dataplane" --listen "127.0.0.1:${PORT[$name]}" \
 		--controlplane "127.0.0.1:$cp" --node-id "bench-$name" --cache-dir "$TMP/$name/cache" \
 		--admin-listen "127.0.0.1:${PORT[$name-admin]}" --log-level warn
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/accesslog"
 	"github.com/meridian-gw/meridian/dataplane/internal/admin"
 	"github.com/meridian-gw/meridian/dataplane/internal/cache"
 	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
@@ -69,6 +70,9 @@ type options struct {
 	redis        *redis.UniversalOptions // nil: no --redis
 	redisTimeout time.Duration
 	logLevel     slog.Level
+	logFormat    string  // json | text
+	accessLog    string  // off | stdout | stderr | a file path
+	accessSample float64 // fraction of successful requests logged
 	version      bool
 }
 
@@ -113,6 +117,9 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	redisTLS := fs.Bool("redis-tls", false, "connect to Redis over TLS, verified against the system roots")
 	redisTimeout := fs.Duration("redis-timeout", global.DefaultTimeout, "bound on each rate limit decision sent to Redis; past it the limit's onStoreFailure policy applies")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "json", "process log format on stderr: json or text")
+	accessLog := fs.String("access-log", "stdout", "where one JSON line per request goes: stdout, stderr, a file path (appended to), or off")
+	accessSample := fs.Float64("access-log-sample", 1, "fraction (0 to 1) of successful requests (status below 400) logged; failed ones always are")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: dataplane [flags]\n\nEvery flag can also be set with MERIDIAN_<NAME> (e.g. MERIDIAN_CACHE_DIR); a flag wins.\n\n")
@@ -150,6 +157,7 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 		nodeID: *nodeID, cacheDir: *cacheDir, adminListen: *adminListen, pprof: *pprofOn, version: *showVersion,
 		redisTimeout: *redisTimeout,
 		drainTimeout: *drainTimeout,
+		logFormat:    *logFormat, accessLog: *accessLog, accessSample: *accessSample,
 		server: server.Config{
 			ReadHeaderTimeout: *readHeaderTimeout, ReadTimeout: *readTimeout, WriteTimeout: *writeTimeout,
 			IdleTimeout: *idleTimeout, MaxHeaderBytes: *maxHeaderBytes,
@@ -195,6 +203,16 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	}
 	if err := o.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
 		return nil, fmt.Errorf("%w: --log-level: %q is not debug, info, warn or error", errUsage, *logLevel)
+	}
+	if o.logFormat != "json" && o.logFormat != "text" {
+		return nil, fmt.Errorf("%w: --log-format: %q is not json or text", errUsage, o.logFormat)
+	}
+	if o.accessLog == "" {
+		return nil, fmt.Errorf("%w: --access-log: give off, stdout, stderr or a file path", errUsage)
+	}
+	// The negated form also refuses NaN.
+	if !(o.accessSample >= 0 && o.accessSample <= 1) {
+		return nil, fmt.Errorf("%w: --access-log-sample: %v is not between 0 and 1", errUsage, o.accessSample)
 	}
 	return o, nil
 }
@@ -320,7 +338,21 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		fmt.Fprintln(stdout, version)
 		return 0
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
+	logOpts := &slog.HandlerOptions{Level: o.logLevel}
+	var log *slog.Logger
+	if o.logFormat == "text" {
+		log = slog.New(slog.NewTextHandler(stderr, logOpts))
+	} else {
+		log = slog.New(slog.NewJSONHandler(stderr, logOpts))
+	}
+	access, closeAccess, err := openAccessLog(o.accessLog, o.accessSample, stdout, stderr, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "dataplane: --access-log: %v\n", err)
+		return 1
+	}
+	// Deferred for the early returns; the normal path closes it once the
+	// servers stopped, so the last requests' lines are written.
+	defer closeAccess()
 
 	certs, err := server.LoadCertificates(o.certFiles, o.keyFiles)
 	if err != nil {
@@ -413,7 +445,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	srvConfig := o.server
 	srvConfig.Certificates = certs
 	srvConfig.ErrorLog = errorLog
-	traffic := server.New(gw.Handler(proxy.HandlerConfig{ClientIP: ip, Metrics: m}), srvConfig)
+	traffic := server.New(gw.Handler(proxy.HandlerConfig{ClientIP: ip, Metrics: m, AccessLog: access}), srvConfig)
 	var readiness server.Readiness
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: errorLog, ErrorHandling: promhttp.ContinueOnError})
 	adminSrv := &http.Server{
@@ -442,7 +474,8 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	}()
 	fmt.Fprintf(stdout, "dataplane listening on %s\n", ln.Addr())
 	attrs := []any{"listen", ln.Addr().String(), "admin", adminLn.Addr().String(),
-		"controlplane", o.controlplane, "node", o.nodeID, "version", version}
+		"controlplane", o.controlplane, "node", o.nodeID, "version", version,
+		"accessLog", o.accessLog, "accessLogSample", o.accessSample}
 	if tlsLn != nil {
 		wg.Add(1)
 		go serve(tlsLn, func(l net.Listener) error { return traffic.ServeTLS(l, "", "") })
@@ -478,8 +511,48 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		log.Error("server failed", "error", err)
 		code = 1
 	}
+	closeAccess()
 	log.Info("stopped")
 	return code
+}
+
+// openAccessLog returns the access logger for --access-log dest (nil for
+// off) and a function that flushes and closes it, safe to call twice.
+// Lines are buffered by an accesslog.Writer, so no request waits on the
+// output; a file is opened for appending, which log rotation by copy and
+// truncate (logrotate's copytruncate) works with.
+func openAccessLog(dest string, sample float64, stdout, stderr io.Writer, log *slog.Logger) (*accesslog.Logger, func(), error) {
+	var out io.Writer
+	var file *os.File
+	switch dest {
+	case "off":
+		return nil, func() {}, nil
+	case "stdout":
+		out = stdout
+	case "stderr":
+		out = stderr
+	default:
+		f, err := os.OpenFile(dest, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+		if err != nil {
+			return nil, nil, err
+		}
+		out, file = f, f
+	}
+	w := accesslog.NewWriter(out, accesslog.WriterOptions{
+		OnError: func(err error) { log.Warn("access log", "error", err) },
+	})
+	var once sync.Once
+	closeFn := func() {
+		once.Do(func() {
+			w.Close()
+			if file != nil {
+				if err := file.Close(); err != nil {
+					log.Warn("access log", "error", err)
+				}
+			}
+		})
+	}
+	return accesslog.New(w, sample), closeFn, nil
 }
 
 // loadCache applies the last known good snapshot, if there is a usable one.

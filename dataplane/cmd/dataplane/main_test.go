@@ -157,6 +157,28 @@ func TestParseFlags(t *testing.T) {
 		{name: "bad controlplane", args: []string{"--controlplane", "nohostport"}, wantErr: "--controlplane"},
 		{name: "empty controlplane", args: []string{"--controlplane", ","}, wantErr: "--controlplane"},
 		{name: "bad log level", env: map[string]string{"MERIDIAN_LOG_LEVEL": "loud"}, wantErr: "--log-level"},
+		{name: "log defaults", check: func(t *testing.T, o *options) {
+			if o.logFormat != "json" || o.accessLog != "stdout" || o.accessSample != 1 {
+				t.Errorf("log-format %q, access-log %q, sample %v", o.logFormat, o.accessLog, o.accessSample)
+			}
+		}},
+		{name: "log flags", args: []string{"--log-format", "text", "--access-log", "/var/log/meridian/access.log", "--access-log-sample", "0.25"},
+			check: func(t *testing.T, o *options) {
+				if o.logFormat != "text" || o.accessLog != "/var/log/meridian/access.log" || o.accessSample != 0.25 {
+					t.Errorf("log-format %q, access-log %q, sample %v", o.logFormat, o.accessLog, o.accessSample)
+				}
+			}},
+		{name: "log flags from env", env: map[string]string{"MERIDIAN_LOG_FORMAT": "text", "MERIDIAN_ACCESS_LOG": "off", "MERIDIAN_ACCESS_LOG_SAMPLE": "0"},
+			check: func(t *testing.T, o *options) {
+				if o.logFormat != "text" || o.accessLog != "off" || o.accessSample != 0 {
+					t.Errorf("log-format %q, access-log %q, sample %v", o.logFormat, o.accessLog, o.accessSample)
+				}
+			}},
+		{name: "bad log format", args: []string{"--log-format", "xml"}, wantErr: "--log-format"},
+		{name: "empty access log", args: []string{"--access-log", ""}, wantErr: "--access-log"},
+		{name: "sample above 1", args: []string{"--access-log-sample", "1.5"}, wantErr: "--access-log-sample"},
+		{name: "negative sample", env: map[string]string{"MERIDIAN_ACCESS_LOG_SAMPLE": "-0.1"}, wantErr: "--access-log-sample"},
+		{name: "NaN sample", args: []string{"--access-log-sample", "NaN"}, wantErr: "--access-log-sample"},
 		{name: "unknown flag", args: []string{"--nope"}, wantErr: "not defined"},
 		{name: "positional", args: []string{"extra"}, wantErr: "unexpected argument"},
 	}

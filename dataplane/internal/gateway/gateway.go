@@ -302,15 +302,18 @@ func (g *Gateway) chain(route string, spec *meridianv1.RouteSpec, h http.Handler
 		// is reported on its own resource.
 		return nil, &config.FieldError{Kind: config.KindRoute, Name: route, Path: "spec.auth.jwt", Msg: fmt.Sprintf("JWTProvider %q is not available", auth.GetJwt())}
 	}
-	return jwt.New(p, auth, claimsForBalancer(h))
+	return jwt.New(p, auth, afterAuth(h))
 }
 
-// claimsForBalancer hands the verified claims to the upstream package, so
-// consistent hashing on claim:<name> can read them.
-func claimsForBalancer(next http.Handler) http.Handler {
+// afterAuth hands the verified claims to the upstream package, so
+// consistent hashing on claim:<name> can read them, and the identity to
+// the access log, so answers given after authentication (a rate limit's
+// 429) name the consumer.
+func afterAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if c, ok := jwt.ClaimsFrom(r.Context()); ok {
 			r = r.WithContext(upstream.WithClaims(r.Context(), c))
+			proxy.Authenticated(w, r)
 		}
 		next.ServeHTTP(w, r)
 	})

@@ -2,17 +2,20 @@ package proxy
 
 import (
 	"bufio"
+	"context"
+	"io"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // Entry is where a matched route's requests start: the route's
-// middleware chain, which ends in its Route. When the route has metrics,
-// the entry measures every request it serves, whoever answers it (the
-// upstream, a rate limit, authentication, a breaker's fallback): its
-// status, body bytes each way and duration.
+// middleware chain, which ends in its Route. When the route has metrics
+// or the access log is on, the entry measures every request it serves,
+// whoever answers it (the upstream, a rate limit, authentication, a
+// breaker's fallback): its status, body bytes each way and duration.
 type Entry struct {
 	route *Route
 	chain http.Handler // the route's middleware, then route; nil when it has none
@@ -28,17 +31,18 @@ func NewEntry(rt *Route, chain http.Handler) *Entry {
 	return e
 }
 
-// ServeHTTP serves r as Handler does once r matched the route. The
-// request's X-Request-Id, if any, is passed on as it is.
+// ServeHTTP serves r as Handler does once r matched the route, access
+// log aside. The request's X-Request-Id, if any, is passed on as it is.
 func (e *Entry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	e.serve(w, r, "")
+	e.serve(w, r, "", nil)
 }
 
-// serve measures the request, if the route has metrics, and runs it; newID
-// is the request id Handler generated, as for Route.serve.
-func (e *Entry) serve(w http.ResponseWriter, r *http.Request, newID string) {
+// serve measures the request, if the route has metrics or al (the access
+// log) is set, and runs it; newID is the request id Handler generated, as
+// for Route.serve. One measurement feeds both.
+func (e *Entry) serve(w http.ResponseWriter, r *http.Request, newID string, al *accessLog) {
 	rm := e.route.metrics
-	if rm == nil {
+	if rm == nil && al == nil {
 		e.dispatch(w, r, newID)
 		return
 	}
@@ -46,18 +50,46 @@ func (e *Entry) serve(w http.ResponseWriter, r *http.Request, newID string) {
 	rm.Begin()
 	m := meters.Get().(*meter)
 	m.ResponseWriter = w
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = rm.CountBody(r.Body)
+		if al != nil {
+			m.bodyIn = &bodyCount{ReadCloser: r.Body}
+			r.Body = m.bodyIn
+		}
+	}
+	if al != nil {
+		m.logging = true
+		// Read now: middleware may edit the header map on the way.
+		m.requestID = newID
+		if ids := r.Header[headerRequestID]; newID == "" && len(ids) > 0 {
+			m.requestID = ids[0]
+		}
+		if ua := r.Header["User-Agent"]; len(ua) > 0 {
+			m.userAgent = ua[0]
+		}
+	}
+	completed := false
 	// Deferred: an upstream response cut midway ends the handler with a
 	// panic (http.ErrAbortHandler), which must not leave the request in
-	// flight.
+	// flight, nor unlogged.
 	defer func() {
-		rm.End(r.Method, m.status, m.written, time.Since(start))
+		now := time.Now()
+		d := now.Sub(start)
+		rm.End(r.Method, m.status, m.written, d)
+		if al != nil {
+			if !completed && m.failure == "" {
+				m.failure = errResponseAborted
+			}
+			if completed && m.status == 0 {
+				m.status = http.StatusOK // what net/http sends for a handler that wrote nothing
+			}
+			al.routed(r, e.route, m, now, d)
+		}
 		*m = meter{}
 		meters.Put(m)
 	}()
-	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = rm.CountBody(r.Body)
-	}
 	e.dispatch(m, r, newID)
+	completed = true
 }
 
 func (e *Entry) dispatch(w http.ResponseWriter, r *http.Request, newID string) {
@@ -74,14 +106,27 @@ func (e *Entry) dispatch(w http.ResponseWriter, r *http.Request, newID string) {
 }
 
 // meter wraps the client's ResponseWriter for one request an Entry
-// serves, to learn the final status and count the body bytes written.
-// Unwrap keeps http.ResponseController (flush, deadlines) working
-// through it. It is pooled: nothing keeps it past the handler's return,
-// as a transport may keep a request (never a ResponseWriter).
+// serves, to learn the final status and count the body bytes written;
+// with the access log on, the route also notes on it what it learnt
+// about the upstream (see recorderOf). Unwrap keeps
+// http.ResponseController (flush, deadlines) working through it. It is
+// pooled: nothing keeps it past the handler's return, as a transport may
+// keep a request (never a ResponseWriter).
 type meter struct {
 	http.ResponseWriter
 	status  int // the first final status; 101 for a hijacked connection
 	written int64
+
+	// The access log's; set only while logging.
+	logging   bool
+	requestID string
+	userAgent string
+	bodyIn    *bodyCount      // nil: no request body
+	ctx       context.Context // the authenticated request's, for the consumer; nil: none seen
+	attempts  int
+	target    string        // the last attempt's target address
+	upstream  time.Duration // the last attempt's time to its response header
+	failure   string        // accesslog.Record.Error
 }
 
 var meters = sync.Pool{New: func() any { return new(meter) }}
@@ -117,3 +162,68 @@ func (m *meter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 // Unwrap returns the client's ResponseWriter.
 func (m *meter) Unwrap() http.ResponseWriter { return m.ResponseWriter }
+
+// recorderOf returns the meter of the request w answers when the access
+// log records it, so the route can note what it learnt there; nil
+// otherwise. Middleware wrapping the writer is seen through if it has an
+// Unwrap method, as http.ResponseController does.
+func recorderOf(w http.ResponseWriter) *meter {
+	for range 8 {
+		switch v := w.(type) {
+		case *meter:
+			if v.logging {
+				return v
+			}
+			return nil
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = v.Unwrap()
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// Authenticated notes r, whose context carries the verified JWT identity,
+// for the access log line of the request w answers, so that middleware
+// answering after authentication (a rate limit's 429) is logged with the
+// consumer. The route notes the requests it serves itself; this is for
+// the middleware in between.
+func Authenticated(w http.ResponseWriter, r *http.Request) {
+	if m := recorderOf(w); m != nil {
+		m.ctx = r.Context()
+	}
+}
+
+// attempt notes an upstream attempt: the n-th, to target, answered (or
+// failed) after latency. It does nothing on a nil meter.
+func (m *meter) attempt(n int, target string, latency time.Duration) {
+	if m == nil {
+		return
+	}
+	m.attempts, m.target, m.upstream = n, target, latency
+}
+
+// fail notes why the gateway answered itself; nothing on a nil meter.
+func (m *meter) fail(reason string) {
+	if m == nil {
+		return
+	}
+	m.failure = reason
+}
+
+// bodyCount counts the request body bytes read, for the access log. It is
+// never pooled and n is atomic: a transport may still read the body after
+// the handler returned.
+type bodyCount struct {
+	io.ReadCloser
+	n atomic.Int64
+}
+
+func (b *bodyCount) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.n.Add(int64(n))
+	}
+	return n, err
+}

@@ -331,6 +331,7 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 			res, err = nil, errSwitching
 		}
 		latency := time.Since(start)
+		p.rec.attempt(n+1, a.target.Address(), latency)
 		var retry bool
 		if err != nil {
 			f = classify(out, err)
@@ -376,6 +377,7 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 		out, hints = retryRequest(ctx, out, w, a.target, p.replay)
 	}
 	if err != nil {
+		p.rec.fail(f.kind.label())
 		rt.writeFailure(w, out, f, err, ids)
 		return
 	}
@@ -397,6 +399,7 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 	w.WriteHeader(res.StatusCode)
 
 	if err := rt.copyBody(w, res, r); err != nil {
+		p.rec.fail(errResponseAborted)
 		defer res.Body.Close()
 		// A response cut midway must not look complete to the client:
 		// abort the connection (or stream), as ReverseProxy does, when

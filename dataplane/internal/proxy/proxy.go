@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/accesslog"
 	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
 	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/router"
@@ -42,6 +43,11 @@ type HandlerConfig struct {
 	// Metrics counts the requests no route serves, under the route
 	// metrics.NoRoute; nil: none. Routes record their own.
 	Metrics *metrics.Metrics
+	// AccessLog gets one line per request, routed or not; nil: none.
+	AccessLog *accesslog.Logger
+	// TraceID returns the trace id the access log gives r; nil logs "".
+	// It is the hook tracing fills in.
+	TraceID func(r *http.Request) string
 }
 
 // Handler is the traffic http.Handler.
@@ -49,12 +55,17 @@ type Handler struct {
 	current  func() Routes
 	ip       *clientip.Resolver
 	unrouted *metrics.Route
+	access   *accessLog // nil: no access log
 }
 
 // NewHandler returns a Handler that calls current once per request to get
 // the live configuration; current returns nil while none is applied.
 func NewHandler(current func() Routes, c HandlerConfig) *Handler {
-	return &Handler{current: current, ip: c.ClientIP, unrouted: c.Metrics.Unrouted()}
+	h := &Handler{current: current, ip: c.ClientIP, unrouted: c.Metrics.Unrouted()}
+	if c.AccessLog != nil {
+		h.access = &accessLog{log: c.AccessLog, ip: c.ClientIP, traceID: c.TraceID}
+	}
+	return h
 }
 
 // Canned JSON bodies, allocated once.
@@ -99,11 +110,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	routes := h.current()
 	if routes == nil {
-		h.writeError(w, r, newID, http.StatusServiceUnavailable, bodyNoConfig)
+		h.writeError(w, r, newID, http.StatusServiceUnavailable, bodyNoConfig, errNoConfiguration)
 		return
 	}
 	if !normalizePath(r) {
-		h.writeError(w, r, newID, http.StatusBadRequest, bodyBadPath)
+		h.writeError(w, r, newID, http.StatusBadRequest, bodyBadPath, errInvalidPath)
 		return
 	}
 	h.checkForwarded(r)
@@ -111,29 +122,35 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if e == nil {
 		if allow := routes.Allow(r); allow != "" {
 			w.Header()[headerAllow] = []string{allow}
-			h.writeError(w, r, newID, http.StatusMethodNotAllowed, bodyMethodNotAllowed)
+			h.writeError(w, r, newID, http.StatusMethodNotAllowed, bodyMethodNotAllowed, errMethodNotAllowed)
 			return
 		}
-		h.writeError(w, r, newID, http.StatusNotFound, bodyNoRoute)
+		h.writeError(w, r, newID, http.StatusNotFound, bodyNoRoute, errNoRoute)
 		return
 	}
-	e.serve(w, r, newID)
+	e.serve(w, r, newID, h.access)
 }
 
 // writeError is writeJSON for Handler's own answers, which carry the
-// generated request id, if any. They are counted under no route.
-func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, newID string, status int, body []byte) {
+// generated request id, if any. They are counted under no route and
+// logged with route "" and reason as the error.
+func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, newID string, status int, body []byte, reason string) {
 	if newID != "" {
 		w.Header()[headerRequestID] = []string{newID}
 	}
-	if h.unrouted == nil {
+	if h.unrouted == nil && h.access == nil {
 		writeJSON(w, status, body)
 		return
 	}
 	start := time.Now()
 	h.unrouted.Begin()
 	writeJSON(w, status, body)
-	h.unrouted.End(r.Method, status, int64(len(body)), time.Since(start))
+	now := time.Now()
+	d := now.Sub(start)
+	h.unrouted.End(r.Method, status, int64(len(body)), d)
+	if h.access != nil {
+		h.access.unrouted(r, newID, status, len(body), reason, now, d)
+	}
 }
 
 // checkForwarded drops the client's forwarding headers unless the peer is

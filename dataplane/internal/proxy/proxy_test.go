@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/accesslog"
 	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
 	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
@@ -398,24 +399,39 @@ func runProxyBench(b *testing.B, h http.Handler) {
 
 // BenchmarkProxy measures the gateway's handler as the data plane runs it,
 // metrics included; BenchmarkProxyNoMetrics is the same without them.
+// BenchmarkProxyAccessLog adds the access log, every request logged
+// through the buffered Writer to io.Discard; BenchmarkProxyAccessLogSampledOut
+// logs none (sample 0, all successes), the cost of deciding.
 // BenchmarkBareReverseProxy is the floor: httputil.ReverseProxy with the
 // same transport defaults.
 func BenchmarkProxy(b *testing.B) {
-	benchGateway(b, metrics.New(prometheus.NewRegistry()))
+	benchGateway(b, metrics.New(prometheus.NewRegistry()), nil)
 }
 
 func BenchmarkProxyNoMetrics(b *testing.B) {
-	benchGateway(b, nil)
+	benchGateway(b, nil, nil)
 }
 
-func benchGateway(b *testing.B, m *metrics.Metrics) {
+func BenchmarkProxyAccessLog(b *testing.B) {
+	w := accesslog.NewWriter(io.Discard, accesslog.WriterOptions{})
+	defer w.Close()
+	benchGateway(b, metrics.New(prometheus.NewRegistry()), accesslog.New(w, 1))
+}
+
+func BenchmarkProxyAccessLogSampledOut(b *testing.B) {
+	w := accesslog.NewWriter(io.Discard, accesslog.WriterOptions{})
+	defer w.Close()
+	benchGateway(b, metrics.New(prometheus.NewRegistry()), accesslog.New(w, 0))
+}
+
+func benchGateway(b *testing.B, m *metrics.Metrics, access *accesslog.Logger) {
 	srv := benchUpstream(b)
 	g := gateway.New(gateway.Options{Logger: discard(), Metrics: m})
 	defer g.Close()
 	apply(b, g, 1, upstreamRes("users", addr(srv)), routeRes("r", &meridianv1.RouteSpec{
 		Upstream: "users", Match: match(prefix("/api/users")),
 	}))
-	runProxyBench(b, g.Handler(proxy.HandlerConfig{Metrics: m}))
+	runProxyBench(b, g.Handler(proxy.HandlerConfig{Metrics: m, AccessLog: access}))
 }
 
 func BenchmarkBareReverseProxy(b *testing.B) {

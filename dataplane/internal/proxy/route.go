@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"log"
 	"log/slog"
@@ -228,11 +229,16 @@ func (rt *Route) serve(w http.ResponseWriter, r *http.Request, newID string) {
 		r.Header[headerRequestID] = ids
 		w.Header()[headerRequestID] = ids
 	}
+	rec := recorderOf(w) // nil unless the access log records the request
+	if rec != nil {
+		rec.ctx = r.Context() // past authentication: the consumer, if any
+	}
 	if rt.maxBody > 0 && r.ContentLength > rt.maxBody {
+		rec.fail(failTooLarge.label())
 		rt.writeEarly(w, newID, lean, http.StatusRequestEntityTooLarge, bodyTooLarge)
 		return
 	}
-	var p plan
+	p := plan{rec: rec}
 	if lean && rt.retry != nil && rt.retry.allows(r) {
 		p.retry = true
 		if r.ContentLength > 0 && r.Body != nil && r.Body != http.NoBody {
@@ -240,6 +246,7 @@ func (rt *Route) serve(w http.ResponseWriter, r *http.Request, newID string) {
 			// upload does not count as the upstream's latency.
 			p.replay = make([]byte, r.ContentLength)
 			if _, err := io.ReadFull(r.Body, p.replay); err != nil {
+				rec.fail(errBadRequestBody)
 				rt.writeEarly(w, newID, lean, http.StatusBadRequest, bodyBadBody)
 				return
 			}
@@ -251,12 +258,18 @@ func (rt *Route) serve(w http.ResponseWriter, r *http.Request, newID string) {
 	a, err := rt.admit(r, p.start, nil)
 	if err != nil {
 		if rejected(err) {
+			if errors.Is(err, breaker.ErrHalfOpenFull) {
+				rec.fail(errBreakerHalfOpen)
+			} else {
+				rec.fail(errBreakerOpen)
+			}
 			rt.writeFallback(w, newID, lean, err)
 			return
 		}
 		// upstream.ErrNoHealthyTarget, the pool's only error: every
 		// target is down or ejected (or there is none), so answer now,
 		// not queue.
+		rec.fail(errNoHealthyTarget)
 		rt.writeEarly(w, newID, lean, http.StatusServiceUnavailable, bodyNoHealthy)
 		return
 	}
@@ -287,6 +300,7 @@ func (rt *Route) serve(w http.ResponseWriter, r *http.Request, newID string) {
 		x.start = time.Now()
 	}
 	x.try = a
+	x.rec = rec
 	defer rt.finish(x, a.target)
 	if rt.timeout > 0 && !longLived(r) {
 		ctx, cancel := context.WithTimeout(r.Context(), rt.timeout)
@@ -302,6 +316,7 @@ type plan struct {
 	start  time.Time // when the first attempt was admitted; zero if the route is not guarded
 	retry  bool      // the policy, the method and the body allow retries
 	replay []byte    // the buffered request body of a retryable request, or nil
+	rec    *meter    // notes attempts for the access log; nil when it is off
 }
 
 // writeEarly answers before any upstream was tried. On the lean path the
@@ -322,7 +337,9 @@ func (rt *Route) finish(x *exchange, t *upstream.Target) {
 		o.Status = http.StatusSwitchingProtocols
 		o.Latency = time.Since(x.start)
 	}
+	x.rec.attempt(1, t.Address(), o.Latency)
 	if x.failed {
+		x.rec.fail(x.failure.label())
 		rt.metrics.AttemptFailed(x.failure.outcome())
 	} else {
 		rt.metrics.AttemptResponse(o.Status, o.Latency)
@@ -363,7 +380,8 @@ type exchange struct {
 	latency time.Duration
 	status  int
 	err     error
-	try     try // its breaker, if any, is recorded with the first final status
+	try     try    // its breaker, if any, is recorded with the first final status
+	rec     *meter // the access log's, or nil
 	// failed is set when no response could be relayed; failure says why.
 	failed  bool
 	failure failKind

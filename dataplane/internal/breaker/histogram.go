@@ -50,6 +50,15 @@ func (h *histogram) add(d time.Duration) {
 	h.counts[histIndex(d)].Add(1)
 }
 
+// moveTo adds h's counts to dst and zeroes them.
+func (h *histogram) moveTo(dst *histogram) {
+	for i := range h.counts {
+		if h.counts[i].Load() != 0 {
+			dst.counts[i].Add(h.counts[i].Swap(0))
+		}
+	}
+}
+
 func (h *histogram) reset() {
 	for i := range h.counts {
 		h.counts[i].Store(0)

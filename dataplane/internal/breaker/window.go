@@ -16,9 +16,10 @@ const (
 // bucket k. It reports whether the write may go ahead, and whether the
 // caller has just taken the slot over from an older bucket, in which case
 // it must clear the counters and then store k in held. A writer that meets
-// a slot being cleared writes anyway: its count may be lost, which only
-// happens within nanoseconds of a bucket's start. A slot already holding a
-// newer bucket refuses a write from a clock that lags a whole ring behind.
+// a slot being cleared may write anyway: its count may be lost, which only
+// happens within moments of a bucket's start (but see takeSlot). A slot
+// already holding a newer bucket refuses a write from a clock that lags a
+// whole ring behind.
 func turnover(held *atomic.Int64, k int64) (ok, won bool) {
 	for {
 		h := held.Load()
@@ -33,11 +34,34 @@ func turnover(held *atomic.Int64, k int64) (ok, won bool) {
 	}
 }
 
-// slot counts the requests that started in one bucket of the window. A
-// request's outcome is counted in the slot of its start, so started minus
-// ended is the number still in flight.
-type slot struct {
-	bucket   atomic.Int64
+// Per-request counters are striped. Requests on different cores that all
+// added to one counter would bounce its cache line between the cores and
+// run no faster than one core, so each counter has stripes copies, each
+// request adds to one of them, picked from its start time (a ticket keeps
+// its stripe for Record), and readers (the judge, Snapshot) sum them. A
+// counter's stripes never share a cache line: the window keeps a ring of
+// counters per stripe, the other counters pad their stripes apart. Two
+// requests running at the same time then write the same line once in
+// stripes; more stripes would cost memory and the judge more reading.
+const (
+	stripeBits = 2
+	stripes    = 1 << stripeBits
+)
+
+// stripeOf returns the stripe of a request that starts at t. The start
+// times of requests running at the same time differ in their low bits
+// (nanoseconds), which a multiplicative hash spreads over the top ones: as
+// good as a random draw and free, where math/rand/v2 costs several
+// nanoseconds. With a coarse clock, requests in one tick share a stripe.
+func stripeOf(t int64) uint8 {
+	return uint8(uint64(t) * 0x9e3779b97f4a7c15 >> (64 - stripeBits))
+}
+
+// slotCounts counts, in one stripe, the requests that started in the
+// bucket of one slot of the window. A request's outcome is counted in the
+// slot of its start, so started minus ended is the number still in
+// flight.
+type slotCounts struct {
 	started  atomic.Int64 // admitted
 	ended    atomic.Int64 // recorded, any outcome
 	canceled atomic.Int64 // recorded as Canceled: neither good nor bad
@@ -45,72 +69,73 @@ type slot struct {
 	slow     atomic.Int64 // recorded slower than the latency threshold
 }
 
-// take readies s for bucket k; see turnover.
-func (s *slot) take(k int64) bool {
-	ok, won := turnover(&s.bucket, k)
+// slotTotals is what the judge needs of a slot's counts, summed over its
+// stripes. Four fields, so that it stays in registers (see Ticket).
+type slotTotals struct {
+	inFlight int64 // started, not ended
+	known    int64 // ended, not canceled
+	failures int64
+	slow     int64
+}
+
+// takeSlot readies slot j for bucket k; see turnover. A request that
+// meets the slot being cleared goes uncounted: Record counts its outcome
+// only in a slot that holds its bucket, so counting it as started could
+// leave it in flight for good, and then slow. Clearing the stripes of a
+// fresh breaker's slot can take a page fault; thousands of requests
+// counted that way would trip the latency condition.
+func (b *Breaker) takeSlot(j, k int64) bool {
+	ok, won := turnover(&b.ring[j], k)
 	if won {
-		s.started.Store(0)
-		s.ended.Store(0)
-		s.canceled.Store(0)
-		s.failures.Store(0)
-		s.slow.Store(0)
-		s.bucket.Store(k)
-	}
-	return ok
-}
-
-// secondSlot counts the outcomes recorded in one second, for metrics.
-type secondSlot struct {
-	second   atomic.Int64
-	failures atomic.Uint64 // Failure or Timeout
-	timeouts atomic.Uint64
-	latency  histogram // every recorded outcome but Canceled
-}
-
-// take readies s for second k; see turnover.
-func (s *secondSlot) take(k int64) bool {
-	ok, won := turnover(&s.second, k)
-	if won {
-		s.failures.Store(0)
-		s.timeouts.Store(0)
-		s.latency.reset()
-		s.second.Store(k)
-	}
-	return ok
-}
-
-// metricSeconds is how far back the metrics ring reaches.
-const metricSeconds = 60
-
-// Aggregate is what a breaker recorded over a span of time.
-type Aggregate struct {
-	// Requests is the number of outcomes recorded, Canceled excepted.
-	Requests uint64
-	// Failures counts Failure and Timeout outcomes; Timeouts the latter.
-	Failures, Timeouts uint64
-	// P50, P95 and P99 are latency quantiles, within 1.6% of the exact
-	// (nearest-rank) value above 64 µs; 0 when Requests is 0.
-	P50, P95, P99 time.Duration
-}
-
-// aggregate sums the metrics of the seconds from now-span+1 to now.
-func (b *Breaker) aggregate(now, span int64) Aggregate {
-	var (
-		a   Aggregate
-		lat latencies
-	)
-	for k := now; k > now-span && k >= 0; k-- {
-		s := &b.seconds[k%metricSeconds]
-		if s.second.Load() != k {
-			continue
+		for i := range b.counts {
+			c := &b.counts[i][j]
+			c.started.Store(0)
+			c.ended.Store(0)
+			c.canceled.Store(0)
+			c.failures.Store(0)
+			c.slow.Store(0)
 		}
-		a.Failures += s.failures.Load()
-		a.Timeouts += s.timeouts.Load()
-		lat.merge(&s.latency)
+		b.ring[j].Store(k)
+		return true
 	}
-	a.Requests = lat.total()
-	a.P50, a.P95, a.P99 = lat.quantile(0.50), lat.quantile(0.95), lat.quantile(0.99)
-	return a
+	return ok && b.ring[j].Load() == k
+}
+
+// slotTotals sums slot j's stripes. It reads every stripe's started before
+// any ended, so a request that ended before the read is never counted in
+// flight.
+func (b *Breaker) slotTotals(j int64) slotTotals {
+	var t slotTotals
+	for i := range b.counts {
+		t.inFlight += b.counts[i][j].started.Load()
+	}
+	for i := range b.counts {
+		c := &b.counts[i][j]
+		ended := c.ended.Load()
+		t.inFlight -= ended
+		t.known += ended - c.canceled.Load()
+		t.failures += c.failures.Load()
+		t.slow += c.slow.Load()
+	}
+	return t
+}
+
+// stripedCounter is a counter striped as the window's are.
+type stripedCounter [stripes]struct {
+	n atomic.Uint64
+	_ [56]byte // 64 bytes apart, two 8-byte counters never share a line
+}
+
+func (c *stripedCounter) add(stripe uint8) {
+	c[stripe].n.Add(1)
+}
+
+func (c *stripedCounter) load() uint64 {
+	var n uint64
+	for i := range c {
+		n += c[i].n.Load()
+	}
+	return n
 }
 
 // The judge tests each condition over every suffix of the window (the
@@ -181,20 +206,19 @@ func (b *Breaker) judge(now int64) string {
 	slowBefore := now - b.slowAfter
 	var errs, lat tally
 	for k := cur; k >= oldest; k-- {
-		s := &b.ring[k&b.mask]
-		if s.bucket.Load() != k {
+		j := k & b.mask
+		if b.ring[j].Load() != k {
 			continue
 		}
-		started, ended := s.started.Load(), s.ended.Load()
-		known := ended - s.canceled.Load()
-		errs.n += known
-		errs.bad += s.failures.Load()
+		s := b.slotTotals(j)
+		errs.n += s.known
+		errs.bad += s.failures
 		if b.slowAfter > 0 {
-			lat.n += known
-			lat.bad += s.slow.Load()
-			if inFlight := started - ended; inFlight > 0 && (k+1)*b.bucketLen <= slowBefore {
-				lat.n += inFlight
-				lat.bad += inFlight
+			lat.n += s.known
+			lat.bad += s.slow
+			if s.inFlight > 0 && (k+1)*b.bucketLen <= slowBefore {
+				lat.n += s.inFlight
+				lat.bad += s.inFlight
 			}
 		}
 		if b.errorRate > 0 && errs.clearlyAbove(b.errorRate, b.errorGate) {

@@ -73,6 +73,7 @@ type options struct {
 	logFormat    string  // json | text
 	accessLog    string  // off | stdout | stderr | a file path
 	accessSample float64 // fraction of successful requests logged
+	traceSample  float64 // ratio of new traces sampled; negative: OTEL_TRACES_SAMPLER's
 	version      bool
 }
 
@@ -120,6 +121,7 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	logFormat := fs.String("log-format", "json", "process log format on stderr: json or text")
 	accessLog := fs.String("access-log", "stdout", "where one JSON line per request goes: stdout, stderr, a file path (appended to), or off")
 	accessSample := fs.Float64("access-log-sample", 1, "fraction (0 to 1) of successful requests (status below 400) logged; failed ones always are")
+	traceSample := fs.Float64("trace-sample", -1, "fraction (0 to 1) of new traces sampled, parent-based (a client's sampled flag is followed); negative: OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG decide (default parentbased_always_on). Tracing is on only when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: dataplane [flags]\n\nEvery flag can also be set with MERIDIAN_<NAME> (e.g. MERIDIAN_CACHE_DIR); a flag wins.\n\n")
@@ -158,6 +160,7 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 		redisTimeout: *redisTimeout,
 		drainTimeout: *drainTimeout,
 		logFormat:    *logFormat, accessLog: *accessLog, accessSample: *accessSample,
+		traceSample: *traceSample,
 		server: server.Config{
 			ReadHeaderTimeout: *readHeaderTimeout, ReadTimeout: *readTimeout, WriteTimeout: *writeTimeout,
 			IdleTimeout: *idleTimeout, MaxHeaderBytes: *maxHeaderBytes,
@@ -211,6 +214,9 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 		return nil, fmt.Errorf("%w: --access-log: give off, stdout, stderr or a file path", errUsage)
 	}
 	// The negated form also refuses NaN.
+	if o.traceSample > 1 || o.traceSample != o.traceSample {
+		return nil, fmt.Errorf("%w: --trace-sample: %v is more than 1", errUsage, o.traceSample)
+	}
 	if !(o.accessSample >= 0 && o.accessSample <= 1) {
 		return nil, fmt.Errorf("%w: --access-log-sample: %v is not between 0 and 1", errUsage, o.accessSample)
 	}
@@ -354,6 +360,24 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	// servers stopped, so the last requests' lines are written.
 	defer closeAccess()
 
+	tp, err := newTracerProvider(ctx, lookupEnv, o.traceSample)
+	if err != nil {
+		fmt.Fprintf(stderr, "dataplane: tracing: %v\n", err)
+		return 1
+	}
+	if tp != nil {
+		// Deferred: flushes the spans of the last requests, after the
+		// drain, on every return.
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), adminShutdownTimeout)
+			defer cancel()
+			if err := tp.Shutdown(sctx); err != nil {
+				log.Warn("flushing traces failed", "error", err)
+			}
+		}()
+		log.Info("tracing on: spans exported over OTLP")
+	}
+
 	certs, err := server.LoadCertificates(o.certFiles, o.keyFiles)
 	if err != nil {
 		fmt.Fprintf(stderr, "dataplane: --tls-cert: %v\n", err)
@@ -445,7 +469,11 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	srvConfig := o.server
 	srvConfig.Certificates = certs
 	srvConfig.ErrorLog = errorLog
-	traffic := server.New(gw.Handler(proxy.HandlerConfig{ClientIP: ip, Metrics: m, AccessLog: access}), srvConfig)
+	handlerConfig := proxy.HandlerConfig{ClientIP: ip, Metrics: m, AccessLog: access}
+	if tp != nil {
+		handlerConfig.TracerProvider = tp
+	}
+	traffic := server.New(gw.Handler(handlerConfig), srvConfig)
 	var readiness server.Readiness
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: errorLog, ErrorHandling: promhttp.ContinueOnError})
 	adminSrv := &http.Server{

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Entry is where a matched route's requests start: the route's
@@ -34,17 +36,23 @@ func NewEntry(rt *Route, chain http.Handler) *Entry {
 // ServeHTTP serves r as Handler does once r matched the route, access
 // log aside. The request's X-Request-Id, if any, is passed on as it is.
 func (e *Entry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	e.serve(w, r, "", nil)
+	e.serve(w, r, "", nil, nil)
 }
 
 // serve measures the request, if the route has metrics or al (the access
-// log) is set, and runs it; newID is the request id Handler generated, as
-// for Route.serve. One measurement feeds both.
-func (e *Entry) serve(w http.ResponseWriter, r *http.Request, newID string, al *accessLog) {
+// log) is set or tr traces it, and runs it; newID is the request id
+// Handler generated, as for Route.serve. One measurement feeds all.
+func (e *Entry) serve(w http.ResponseWriter, r *http.Request, newID string, al *accessLog, tr trace.Tracer) {
 	rm := e.route.metrics
-	if rm == nil && al == nil {
+	if rm == nil && al == nil && tr == nil {
 		e.dispatch(w, r, newID)
 		return
+	}
+	var span trace.Span
+	if tr != nil {
+		// Before the meter is set up: the access log and the route see
+		// the request carrying the span.
+		r, span = startServer(tr, w, r, e.route.name, e.route.pool.Name())
 	}
 	start := time.Now()
 	rm.Begin()
@@ -57,8 +65,10 @@ func (e *Entry) serve(w http.ResponseWriter, r *http.Request, newID string, al *
 			r.Body = m.bodyIn
 		}
 	}
+	// The route notes attempts and failures on the meter for the access
+	// log and for the server span's error.type alike.
+	m.logging = al != nil || span != nil
 	if al != nil {
-		m.logging = true
 		// Read now: middleware may edit the header map on the way.
 		m.requestID = newID
 		if ids := r.Header[headerRequestID]; newID == "" && len(ids) > 0 {
@@ -84,6 +94,13 @@ func (e *Entry) serve(w http.ResponseWriter, r *http.Request, newID string, al *
 				m.status = http.StatusOK // what net/http sends for a handler that wrote nothing
 			}
 			al.routed(r, e.route, m, now, d)
+		}
+		if span != nil {
+			status := m.status
+			if completed && status == 0 {
+				status = http.StatusOK
+			}
+			endServer(span, status, m.failure)
 		}
 		*m = meter{}
 		meters.Put(m)

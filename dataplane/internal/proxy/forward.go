@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
@@ -18,6 +19,7 @@ import (
 	"github.com/meridian-gw/meridian/dataplane/internal/breaker"
 	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // The lean path forwards ordinary HTTP/1.1 and HTTPS exchanges without
@@ -311,6 +313,15 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 	rt.request.apply(h)
 	out.Header = h
 
+	// With a server span on the request, each attempt has a client span
+	// whose context the upstream receives. A 1xx response clears the
+	// client's header map, so the trace id header is put back after.
+	traced := trace.SpanContextFromContext(ctx).IsValid()
+	var traceIDs []string
+	if traced {
+		traceIDs = w.Header()[HeaderTraceID]
+	}
+
 	var o upstream.Outcome
 	defer func() { rt.pool.Done(a.target, o) }()
 	start := p.start
@@ -323,6 +334,10 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 	var err error
 	var f failure
 	for n := 0; ; n++ {
+		var span trace.Span
+		if traced {
+			out, span = tracedAttempt(out, a.target.Address(), n)
+		}
 		res, err = rt.pool.Transport().RoundTrip(out)
 		hints.finish()
 		if err == nil && res.StatusCode == http.StatusSwitchingProtocols {
@@ -335,11 +350,13 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 		var retry bool
 		if err != nil {
 			f = classify(out, err)
+			endAttempt(span, 0, f.kind.label())
 			o = f.poolOutcome(err, latency)
 			a.recordFailure(f, latency)
 			rt.metrics.AttemptFailed(f.kind.outcome())
 			retry = p.retry && n < rt.retry.attempts && rt.retry.retryFailure(f)
 		} else {
+			endAttempt(span, res.StatusCode, "")
 			o = upstream.Outcome{Status: res.StatusCode, Latency: latency}
 			a.recordStatus(res.StatusCode, latency)
 			rt.metrics.AttemptResponse(res.StatusCode, latency)
@@ -375,6 +392,9 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 		rt.pool.Done(a.target, o)
 		a, start = next, nextStart
 		out, hints = retryRequest(ctx, out, w, a.target, p.replay)
+	}
+	if traceIDs != nil {
+		w.Header()[HeaderTraceID] = traceIDs
 	}
 	if err != nil {
 		p.rec.fail(f.kind.label())
@@ -483,6 +503,20 @@ func retryRequest(ctx context.Context, prev *http.Request, w http.ResponseWriter
 		out.Body = body
 	}
 	return out, hints
+}
+
+// tracedAttempt starts the client span of attempt n (0 for the first) to
+// target and returns out carrying it, with its trace context in the
+// header. A retry's header map is shared with the earlier attempts' (a
+// transport may still read those), so it gets a copy of its own.
+func tracedAttempt(out *http.Request, target string, n int) (*http.Request, trace.Span) {
+	ctx, span := startAttempt(out.Context(), out.Method, target, n+1)
+	out = out.WithContext(ctx)
+	if n > 0 {
+		out.Header = maps.Clone(out.Header)
+	}
+	injectAttempt(ctx, out.Header)
+	return out, span
 }
 
 // copyResponseHeader copies the upstream's response header to the

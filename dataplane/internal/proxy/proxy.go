@@ -20,6 +20,7 @@ import (
 	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
 	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/router"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Routes resolves a request to the entry of the route it matches. The
@@ -45,9 +46,13 @@ type HandlerConfig struct {
 	Metrics *metrics.Metrics
 	// AccessLog gets one line per request, routed or not; nil: none.
 	AccessLog *accesslog.Logger
-	// TraceID returns the trace id the access log gives r; nil logs "".
-	// It is the hook tracing fills in.
+	// TraceID returns the trace id the access log gives r; nil logs "",
+	// or TraceID (the request's span's) when TracerProvider is set.
 	TraceID func(r *http.Request) string
+	// TracerProvider, when set, traces every request: a server span per
+	// request and a client span per upstream attempt, continuing and
+	// propagating W3C Trace Context. Nil: no tracing, at no cost.
+	TracerProvider trace.TracerProvider
 }
 
 // Handler is the traffic http.Handler.
@@ -55,15 +60,23 @@ type Handler struct {
 	current  func() Routes
 	ip       *clientip.Resolver
 	unrouted *metrics.Route
-	access   *accessLog // nil: no access log
+	access   *accessLog   // nil: no access log
+	tracer   trace.Tracer // nil: no tracing
 }
 
 // NewHandler returns a Handler that calls current once per request to get
 // the live configuration; current returns nil while none is applied.
 func NewHandler(current func() Routes, c HandlerConfig) *Handler {
 	h := &Handler{current: current, ip: c.ClientIP, unrouted: c.Metrics.Unrouted()}
+	traceID := c.TraceID
+	if c.TracerProvider != nil {
+		h.tracer = c.TracerProvider.Tracer(tracerName)
+		if traceID == nil {
+			traceID = TraceID
+		}
+	}
 	if c.AccessLog != nil {
-		h.access = &accessLog{log: c.AccessLog, ip: c.ClientIP, traceID: c.TraceID}
+		h.access = &accessLog{log: c.AccessLog, ip: c.ClientIP, traceID: traceID}
 	}
 	return h
 }
@@ -128,7 +141,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, newID, http.StatusNotFound, bodyNoRoute, errNoRoute)
 		return
 	}
-	e.serve(w, r, newID, h.access)
+	e.serve(w, r, newID, h.access, h.tracer)
 }
 
 // writeError is writeJSON for Handler's own answers, which carry the
@@ -138,9 +151,14 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, newID strin
 	if newID != "" {
 		w.Header()[headerRequestID] = []string{newID}
 	}
-	if h.unrouted == nil && h.access == nil {
+	if h.unrouted == nil && h.access == nil && h.tracer == nil {
 		writeJSON(w, status, body)
 		return
+	}
+	if h.tracer != nil {
+		var span trace.Span
+		r, span = startServer(h.tracer, w, r, "", "")
+		defer endServer(span, status, reason)
 	}
 	start := time.Now()
 	h.unrouted.Begin()

@@ -22,6 +22,7 @@ import (
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
 	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // RouteConfig is what NewRoute needs to build one route's handler.
@@ -301,6 +302,13 @@ func (rt *Route) serve(w http.ResponseWriter, r *http.Request, newID string) {
 	}
 	x.try = a
 	x.rec = rec
+	if trace.SpanContextFromContext(r.Context()).IsValid() {
+		// One attempt: ReverseProxy is never retried. rewrite injects
+		// the span's context into the upstream request.
+		var ctx context.Context
+		ctx, x.span = startAttempt(r.Context(), r.Method, a.target.Address(), 1)
+		r = r.WithContext(ctx)
+	}
 	defer rt.finish(x, a.target)
 	if rt.timeout > 0 && !longLived(r) {
 		ctx, cancel := context.WithTimeout(r.Context(), rt.timeout)
@@ -348,6 +356,13 @@ func (rt *Route) finish(x *exchange, t *upstream.Target) {
 		// Neither a status nor an error: an aborted response.
 		x.try.recordFailure(failure{kind: failCanceled}, time.Since(x.start))
 	}
+	if x.span != nil {
+		failure := ""
+		if x.failed {
+			failure = x.failure.label()
+		}
+		endAttempt(x.span, o.Status, failure)
+	}
 	rt.pool.Done(t, o)
 	*x = exchange{}
 	exchanges.Put(x)
@@ -385,6 +400,7 @@ type exchange struct {
 	// failed is set when no response could be relayed; failure says why.
 	failed  bool
 	failure failKind
+	span    trace.Span // the attempt's client span; nil when not traced
 }
 
 var exchanges = sync.Pool{New: func() any { return new(exchange) }}
@@ -476,6 +492,9 @@ func (rt *Route) rewrite(pr *httputil.ProxyRequest) {
 		h[headerForwardedRFC] = v
 	}
 	rt.request.apply(h)
+	if ctx := out.Context(); trace.SpanContextFromContext(ctx).IsValid() {
+		injectAttempt(ctx, h)
+	}
 }
 
 // Shared X-Forwarded-Proto values; capacity equals length so an append

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+)
+
+// serviceName is the default service.name of the data plane's spans;
+// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES override it.
+const serviceName = "meridian-dataplane"
+
+// newTracerProvider returns the tracer provider for the OTLP exporter the
+// standard OTEL_ environment configures, or nil when neither
+// OTEL_EXPORTER_OTLP_ENDPOINT nor OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is
+// set: tracing is off. The protocol is OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
+// or OTEL_EXPORTER_OTLP_PROTOCOL, grpc or http/protobuf (the default, as
+// the specification says). The exporters read the other OTEL_EXPORTER_OTLP_*
+// variables (headers, TLS, timeout) and the batch processor OTEL_BSP_*
+// themselves. sample, when 0 to 1, samples new traces at that ratio and
+// follows the parent's decision otherwise; when negative the sampler is
+// OTEL_TRACES_SAMPLER's (and _ARG), parentbased_always_on by default.
+// The caller owns the provider and shuts it down, which flushes it.
+func newTracerProvider(ctx context.Context, lookupEnv func(string) (string, bool), sample float64) (*sdktrace.TracerProvider, error) {
+	if !nonEmpty(lookupEnv, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") && !nonEmpty(lookupEnv, "OTEL_EXPORTER_OTLP_ENDPOINT") {
+		return nil, nil
+	}
+	protocol, ok := lookupEnv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+	if !ok || protocol == "" {
+		protocol, _ = lookupEnv("OTEL_EXPORTER_OTLP_PROTOCOL")
+	}
+	var client otlptrace.Client
+	switch protocol {
+	case "grpc":
+		client = otlptracegrpc.NewClient()
+	case "", "http/protobuf":
+		client = otlptracehttp.NewClient()
+	default:
+		return nil, fmt.Errorf("OTEL_EXPORTER_OTLP_PROTOCOL %q: want grpc or http/protobuf", protocol)
+	}
+	// New does not connect: an unreachable collector only costs dropped
+	// spans, never the data plane's start.
+	exp, err := otlptrace.New(ctx, client)
+	if err != nil {
+		return nil, fmt.Errorf("otlp exporter: %w", err)
+	}
+	res, err := resource.New(ctx,
+		resource.WithAttributes(attribute.String("service.name", serviceName)),
+		resource.WithFromEnv(), resource.WithTelemetrySDK())
+	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
+		return nil, fmt.Errorf("trace resource: %w", err)
+	}
+	opts := []sdktrace.TracerProviderOption{sdktrace.WithBatcher(exp), sdktrace.WithResource(res)}
+	if sample >= 0 {
+		opts = append(opts, sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(sample))))
+	}
+	return sdktrace.NewTracerProvider(opts...), nil
+}
+
+func nonEmpty(lookupEnv func(string) (string, bool), name string) bool {
+	v, ok := lookupEnv(name)
+	return ok && v != ""
+}

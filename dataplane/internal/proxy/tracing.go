@@ -1,0 +1,135 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Tracing: with HandlerConfig.TracerProvider set, every request gets a
+// server span (continuing the client's W3C traceparent, if any) and every
+// upstream attempt a client span, child of it, whose context goes to the
+// upstream in traceparent/tracestate. Without a provider nothing here
+// runs: the hot path only tests a nil tracer.
+
+// tracerName is the instrumentation scope of the proxy's spans.
+const tracerName = "github.com/meridian-gw/meridian/dataplane/internal/proxy"
+
+// HeaderTraceID is the response header that carries the request's trace
+// id when the request is sampled or continues a client's trace.
+const HeaderTraceID = "X-Trace-Id"
+
+// Span attribute keys beyond OpenTelemetry's HTTP semantic conventions.
+const (
+	attrRoute    = attribute.Key("meridian.route")
+	attrUpstream = attribute.Key("meridian.upstream")
+	attrAttempt  = attribute.Key("meridian.attempt")
+)
+
+// Semantic convention keys, spelled here to keep semconv's package
+// versions out of the way.
+const (
+	attrMethod  = attribute.Key("http.request.method")
+	attrPath    = attribute.Key("url.path")
+	attrStatus  = attribute.Key("http.response.status_code")
+	attrServer  = attribute.Key("server.address")
+	attrError   = attribute.Key("error.type")
+	traceparent = "Traceparent"
+	tracestate  = "Tracestate"
+)
+
+// traceContext is the W3C Trace Context propagator; it has no state.
+var traceContext propagation.TraceContext
+
+// TraceID returns the hex trace id of r's span, or "" when r has none. It
+// is what HandlerConfig.TraceID defaults to when tracing is on.
+func TraceID(r *http.Request) string {
+	sc := trace.SpanContextFromContext(r.Context())
+	if !sc.IsValid() {
+		return ""
+	}
+	return sc.TraceID().String()
+}
+
+// startServer starts the server span of r, continuing the client's trace
+// context, and returns r carrying it. The trace id goes on the response
+// when the span is sampled or the client sent a trace.
+func startServer(tr trace.Tracer, w http.ResponseWriter, r *http.Request, route, upstream string) (*http.Request, trace.Span) {
+	ctx := traceContext.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	remote := trace.SpanContextFromContext(ctx).IsValid()
+	name := "HTTP " + r.Method
+	if route != "" {
+		name = r.Method + " " + route
+	}
+	attrs := []attribute.KeyValue{
+		attrMethod.String(r.Method),
+		attrPath.String(r.URL.Path),
+		attrServer.String(r.Host),
+	}
+	if route != "" {
+		attrs = append(attrs, attrRoute.String(route), attrUpstream.String(upstream))
+	}
+	ctx, span := tr.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
+	if sc := span.SpanContext(); sc.IsValid() && (sc.IsSampled() || remote) {
+		w.Header()[HeaderTraceID] = []string{sc.TraceID().String()}
+	}
+	return r.WithContext(ctx), span
+}
+
+// endServer ends a server span with the status the client got.
+func endServer(span trace.Span, status int, failure string) {
+	if status != 0 {
+		span.SetAttributes(attrStatus.Int(status))
+	}
+	if failure != "" {
+		span.SetAttributes(attrError.String(failure))
+	}
+	if status >= 500 || status == 0 {
+		span.SetStatus(codes.Error, failure)
+	}
+	span.End()
+}
+
+// startAttempt starts the client span of upstream attempt n (1 for the
+// first) to target when ctx carries a server span; it returns ctx itself
+// and nil otherwise.
+func startAttempt(ctx context.Context, method, target string, n int) (context.Context, trace.Span) {
+	parent := trace.SpanFromContext(ctx)
+	if !parent.SpanContext().IsValid() {
+		return ctx, nil
+	}
+	return parent.TracerProvider().Tracer(tracerName).Start(ctx, "HTTP "+method,
+		trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attrMethod.String(method), attrServer.String(target), attrAttempt.Int(n)))
+}
+
+// injectAttempt writes the attempt's trace context on h, the upstream
+// request's header, replacing the client's.
+func injectAttempt(ctx context.Context, h http.Header) {
+	delete(h, traceparent)
+	delete(h, tracestate)
+	traceContext.Inject(ctx, propagation.HeaderCarrier(h))
+}
+
+// endAttempt ends an attempt span with the upstream's status, or with
+// failure when it did not answer. A nil span is ignored.
+func endAttempt(span trace.Span, status int, failure string) {
+	if span == nil {
+		return
+	}
+	if failure != "" {
+		span.SetAttributes(attrError.String(failure))
+		span.SetStatus(codes.Error, failure)
+	} else {
+		span.SetAttributes(attrStatus.Int(status))
+		if status >= 500 {
+			span.SetStatus(codes.Error, strconv.Itoa(status))
+		}
+	}
+	span.End()
+}

@@ -21,18 +21,30 @@ import (
 // addresses by name ("dataplane", "admin") and the exit code channel.
 func bootFromCache(t *testing.T, ctx context.Context, upstreamAddr string, args ...string) (map[string]string, <-chan int) {
 	t.Helper()
-	dir := t.TempDir()
-	rs := []*meridianv1.Resource{
+	return bootSnapshot(t, ctx, 1, routeTo(upstreamAddr, "/"), args...)
+}
+
+// routeTo is a configuration of one route "r" matching prefix to one
+// upstream "u" at upstreamAddr.
+func routeTo(upstreamAddr, prefix string) []*meridianv1.Resource {
+	return []*meridianv1.Resource{
 		{Kind: &meridianv1.Resource_Upstream{Upstream: &meridianv1.Upstream{
 			Metadata: &meridianv1.Metadata{Name: "u"},
 			Spec:     &meridianv1.UpstreamSpec{Targets: []*meridianv1.Target{{Address: upstreamAddr}}},
 		}}},
 		{Kind: &meridianv1.Resource_Route{Route: &meridianv1.Route{
 			Metadata: &meridianv1.Metadata{Name: "r"},
-			Spec:     &meridianv1.RouteSpec{Upstream: "u", Match: &meridianv1.RouteMatch{Paths: []*meridianv1.PathMatch{{Kind: &meridianv1.PathMatch_Prefix{Prefix: "/"}}}}},
+			Spec:     &meridianv1.RouteSpec{Upstream: "u", Match: &meridianv1.RouteMatch{Paths: []*meridianv1.PathMatch{{Kind: &meridianv1.PathMatch_Prefix{Prefix: prefix}}}}},
 		}}},
 	}
-	if err := cache.New(dir).Save(&meridianv1.Snapshot{Version: 1, Hash: config.Hash(rs), Resources: rs}); err != nil {
+}
+
+// bootSnapshot runs the program with rs cached as the given version and no
+// reachable control plane, as bootFromCache does.
+func bootSnapshot(t *testing.T, ctx context.Context, version uint64, rs []*meridianv1.Resource, args ...string) (map[string]string, <-chan int) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := cache.New(dir).Save(&meridianv1.Snapshot{Version: version, Hash: config.Hash(rs), Resources: rs}); err != nil {
 		t.Fatal(err)
 	}
 	dead, _ := net.Listen("tcp", "127.0.0.1:0")

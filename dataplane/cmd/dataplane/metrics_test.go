@@ -1,21 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/meridian-gw/meridian/dataplane/internal/cache"
-	"github.com/meridian-gw/meridian/proto/config"
-	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
 
 // TestMetricsEndpoint runs the program, sends traffic through it, scrapes
@@ -33,43 +27,9 @@ func TestMetricsEndpoint(t *testing.T) {
 	defer up.Close()
 
 	// Boot from a cached snapshot; no control plane answers.
-	dir := t.TempDir()
-	rs := []*meridianv1.Resource{
-		{Kind: &meridianv1.Resource_Upstream{Upstream: &meridianv1.Upstream{
-			Metadata: &meridianv1.Metadata{Name: "u"},
-			Spec:     &meridianv1.UpstreamSpec{Targets: []*meridianv1.Target{{Address: up.Listener.Addr().String()}}},
-		}}},
-		{Kind: &meridianv1.Resource_Route{Route: &meridianv1.Route{
-			Metadata: &meridianv1.Metadata{Name: "r"},
-			Spec:     &meridianv1.RouteSpec{Upstream: "u", Match: &meridianv1.RouteMatch{Paths: []*meridianv1.PathMatch{{Kind: &meridianv1.PathMatch_Prefix{Prefix: "/api"}}}}},
-		}}},
-	}
-	if err := cache.New(dir).Save(&meridianv1.Snapshot{Version: 3, Hash: config.Hash(rs), Resources: rs}); err != nil {
-		t.Fatal(err)
-	}
-	dead, _ := net.Listen("tcp", "127.0.0.1:0")
-	deadAddr := dead.Addr().String()
-	dead.Close()
-
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	outR, outW := io.Pipe()
-	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, []string{
-			"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-			"--controlplane", deadAddr, "--cache-dir", dir, "--node-id", "test",
-		}, env(nil), outW, io.Discard)
-		outW.Close()
-	}()
-	addrs := map[string]string{}
-	sc := bufio.NewScanner(outR)
-	for len(addrs) < 2 && sc.Scan() {
-		if name, addr, ok := strings.Cut(sc.Text(), " listening on "); ok {
-			addrs[name] = addr
-		}
-	}
-	go io.Copy(io.Discard, outR)
+	addrs, done := bootSnapshot(t, ctx, 3, routeTo(up.Listener.Addr().String(), "/api"))
 	if len(addrs) < 2 {
 		t.Fatalf("the program did not report its listeners: %v", addrs)
 	}

@@ -139,6 +139,31 @@ EOF
 	check_body direct
 }
 
+# start_otlp_sink: nginx on CPU_LOAD answering 200 with an empty body (a
+# valid empty OTLP/HTTP export response) to every request, each logged in
+# $TMP/otlp/access.log. Sets PORT[otlp].
+start_otlp_sink() {
+	local dir=$TMP/otlp
+	claim_port 'PORT[otlp]'
+	mkdir -p "$dir"
+	cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+$(nginx_paths "$dir")
+events { worker_connections 1024; }
+http {
+    access_log $dir/access.log;
+$(nginx_temp_paths "$dir")
+    client_max_body_size 0;
+    server {
+        listen 127.0.0.1:${PORT[otlp]};
+        location / { return 200; }
+    }
+}
+EOF
+	start otlp "$CPU_LOAD" nginx -e "$dir/error.log" -c "$dir/nginx.conf" -p "$dir"
+	wait_http otlp "http://127.0.0.1:${PORT[otlp]}/v1/traces"
+}
+
 # meridian_config FILE: one upstream (the nginx upstream) and one route,
 # prefix /, no plugins.
 meridian_config() {

@@ -12,7 +12,11 @@
 # limits, and Meridian with its route behind a circuit breaker that stays
 # closed, retries that are never needed and a route timeout
 # (meridian-resilience: the cost of the breaker's bookkeeping, the retry
-# budget and the deadline on every request); ROUNDS rounds interleave the
+# budget and the deadline on every request), and Meridian with every
+# observability feature off (meridian-obs-off: no metrics, access log or
+# tracing) and on (meridian-obs-on: Prometheus metrics, one JSON access-log
+# line per request to a file, and 1% of traces exported over OTLP/HTTP to a
+# sink, an nginx on CPU_LOAD that answers 200 to every export); ROUNDS rounds interleave the
 # targets (the order rotates each round) so a noisy neighbour hurts every
 # target alike. Medians over rounds are printed with the ratios the project
 # tracks (docs/benchmarks.md).
@@ -31,7 +35,8 @@
 #   RESULTS (a file to copy the per-round results to, tab-separated: round,
 #   target, req/s, p50 ms, p99 ms, errors, req/CPU-s), TARGETS (the targets
 #   to measure, space-separated, from: direct nginx haproxy caddy bareproxy
-#   meridian meridian-10k meridian-jwt meridian-rl meridian-resilience; default all of them;
+#   meridian meridian-10k meridian-jwt meridian-rl meridian-resilience
+#   meridian-obs-off meridian-obs-on; default all of them;
 #   ratios are printed for the pairs measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +49,7 @@ ROUTES=${ROUTES:-10000}
 BUILD=${BUILD:-1}
 CPU_LOAD=${CPU_LOAD:-0}
 CPU_PROXY=${CPU_PROXY:-1}
-ALL_TARGETS="direct nginx haproxy caddy bareproxy meridian meridian-10k meridian-jwt meridian-rl meridian-resilience"
+ALL_TARGETS="direct nginx haproxy caddy bareproxy meridian meridian-10k meridian-jwt meridian-rl meridian-resilience meridian-obs-off meridian-obs-on"
 read -r -a TARGETS <<<"${TARGETS:-$ALL_TARGETS}"
 for t in "${TARGETS[@]}"; do
 	case " $ALL_TARGETS " in *" $t "*) ;; *) echo "$0: TARGETS: unknown target $t (known: $ALL_TARGETS)" >&2; exit 2 ;; esac
@@ -171,8 +176,8 @@ if wanted bareproxy; then
 		--upstream "http://127.0.0.1:${PORT[direct]}"
 fi
 
+meridian_config "$TMP/meridian.yaml"
 if wanted meridian; then
-	meridian_config "$TMP/meridian.yaml"
 	start_meridian meridian "$TMP/meridian.yaml" "$ROOT/bin/dataplane"
 fi
 if wanted meridian-10k; then
@@ -199,6 +204,15 @@ if wanted meridian-resilience; then
 	meridian_config_resilience "$TMP/meridian-resilience.yaml"
 	start_meridian meridian-resilience "$TMP/meridian-resilience.yaml" "$ROOT/bin/dataplane"
 fi
+if wanted meridian-obs-off; then
+	start_meridian meridian-obs-off "$TMP/meridian.yaml" "$ROOT/bin/dataplane" MERIDIAN_METRICS=false
+fi
+if wanted meridian-obs-on; then
+	start_otlp_sink
+	start_meridian meridian-obs-on "$TMP/meridian.yaml" "$ROOT/bin/dataplane" \
+		MERIDIAN_ACCESS_LOG="$TMP/meridian-obs-on-access.log" MERIDIAN_TRACE_SAMPLE=0.01 \
+		OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:${PORT[otlp]}" OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+fi
 
 for t in "${TARGETS[@]}"; do
 	# A target that wants a token must refuse a request without one.
@@ -222,6 +236,14 @@ if wanted meridian-resilience; then
 		echo "$0: meridian-resilience answers with an X-Meridian-Breaker header: its breaker is not closed" >&2
 		exit 1
 	fi
+fi
+if wanted meridian-obs-off; then
+	got=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${PORT[meridian-obs-off-admin]}/metrics" || true)
+	[ "$got" = 404 ] || { echo "$0: meridian-obs-off answers /metrics with $got, want 404 (metrics off)" >&2; exit 1; }
+fi
+if wanted meridian-obs-on; then
+	curl -s "http://127.0.0.1:${PORT[meridian-obs-on-admin]}/metrics" | grep -q '^meridian_dataplane_requests_total{' ||
+		{ echo "$0: meridian-obs-on counts no requests on /metrics" >&2; exit 1; }
 fi
 if wanted meridian-10k; then
 	# Proof the extra routes are live: a generated route answers from the decoy.
@@ -321,4 +343,14 @@ report "Meridian $ROUTES routes / 1 >=0.97" meridian-10k meridian 0.97
 report "Meridian JWT RS256 / no auth >=0.9" meridian-jwt meridian 0.90
 report "Meridian global rate limit / none >=0.8" meridian-rl meridian 0.80
 report "Meridian breaker+retry / none >=0.95" meridian-resilience meridian 0.95
+report "Meridian observability on / off >=0.9" meridian-obs-on meridian-obs-off 0.90
+if wanted meridian-obs-on; then
+	# Proof the observed target did its work: an access-log line per
+	# request and spans delivered to the sink.
+	lines=$(wc -l <"$TMP/meridian-obs-on-access.log")
+	exports=$(grep -c 'POST /v1/traces' "$TMP/otlp/access.log" || true)
+	echo "meridian-obs-on: $lines access-log lines, $exports OTLP exports received by the sink"
+	[ "$lines" -gt 1000 ] || { echo "$0: meridian-obs-on wrote $lines access-log lines" >&2; exit 1; }
+	[ "$exports" -gt 0 ] || { echo "$0: meridian-obs-on exported no spans to the sink" >&2; exit 1; }
+fi
 if [ -n "${RESULTS:-}" ]; then cp "$TMP/results.tsv" "$RESULTS"; fi

@@ -67,6 +67,7 @@ type options struct {
 	cacheDir     string
 	adminListen  string
 	pprof        bool
+	metrics      bool
 	redis        *redis.UniversalOptions // nil: no --redis
 	redisTimeout time.Duration
 	logLevel     slog.Level
@@ -109,6 +110,7 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	labels := fs.String("labels", "", "node labels, k=v,k=v")
 	cacheDir := fs.String("cache-dir", "./dataplane-cache", "directory of the last-known-good snapshot")
 	adminListen := fs.String("admin-listen", "127.0.0.1:9901", "admin listen address (/healthz, /readyz, /config, /metrics)")
+	metricsOn := fs.Bool("metrics", true, "count requests and serve Prometheus metrics on the admin listener's /metrics; false turns both off")
 	pprofOn := fs.Bool("pprof", false, "serve Go runtime profiles (net/http/pprof) under /debug/pprof/ on the admin listener")
 	redisAddrs := fs.String("redis", "", "Redis for global rate limits: host:port; several comma-separated are Cluster seeds, or Sentinels with --redis-master-name (default none: global limits apply onStoreFailure)")
 	redisMaster := fs.String("redis-master-name", "", "Sentinel master name; --redis then lists Sentinel addresses")
@@ -156,7 +158,7 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 
 	o := &options{
 		listen: *listen, tlsListen: *tlsListen, certFiles: certFiles, keyFiles: keyFiles,
-		nodeID: *nodeID, cacheDir: *cacheDir, adminListen: *adminListen, pprof: *pprofOn, version: *showVersion,
+		nodeID: *nodeID, cacheDir: *cacheDir, adminListen: *adminListen, pprof: *pprofOn, metrics: *metricsOn, version: *showVersion,
 		redisTimeout: *redisTimeout,
 		drainTimeout: *drainTimeout,
 		logFormat:    *logFormat, accessLog: *accessLog, accessSample: *accessSample,
@@ -385,14 +387,19 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	}
 
 	// The registry is this process's alone: nothing registers with
-	// Prometheus's global default.
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		metrics.NewBuildInfo(version),
-	)
-	m := metrics.New(reg)
+	// Prometheus's global default. With --metrics=false there is none and
+	// m is nil, which every recorder takes as "count nothing".
+	var reg *prometheus.Registry
+	var m *metrics.Metrics
+	if o.metrics {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(
+			collectors.NewGoCollector(),
+			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+			metrics.NewBuildInfo(version),
+		)
+		m = metrics.New(reg)
+	}
 
 	ip := clientip.New(o.trusted)
 	gwOpts := gateway.Options{Logger: log, ClientIP: ip, Metrics: m}
@@ -458,14 +465,17 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		return 2
 	}
 
-	reg.MustRegister(metrics.NewObserver(func(obs *metrics.Observation) {
-		gw.Observe(obs)
-		obs.Connected = client.Connected() != ""
-		obs.SyncAge = client.DisconnectedFor()
-		obs.SnapshotsReceived, obs.Nacks = client.Received(), client.Nacks()
-	}))
-
 	errorLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	adminOpts := admin.Options{Pprof: o.pprof}
+	if reg != nil {
+		reg.MustRegister(metrics.NewObserver(func(obs *metrics.Observation) {
+			gw.Observe(obs)
+			obs.Connected = client.Connected() != ""
+			obs.SyncAge = client.DisconnectedFor()
+			obs.SnapshotsReceived, obs.Nacks = client.Received(), client.Nacks()
+		}))
+		adminOpts.Metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: errorLog, ErrorHandling: promhttp.ContinueOnError})
+	}
 	srvConfig := o.server
 	srvConfig.Certificates = certs
 	srvConfig.ErrorLog = errorLog
@@ -475,9 +485,8 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	}
 	traffic := server.New(gw.Handler(handlerConfig), srvConfig)
 	var readiness server.Readiness
-	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: errorLog, ErrorHandling: promhttp.ContinueOnError})
 	adminSrv := &http.Server{
-		Handler:           readiness.Wrap(admin.Handler(gw, client, admin.Options{Pprof: o.pprof, Metrics: metricsHandler})),
+		Handler:           readiness.Wrap(admin.Handler(gw, client, adminOpts)),
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          errorLog,
 	}

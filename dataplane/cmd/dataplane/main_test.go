@@ -66,6 +66,16 @@ func TestParseFlags(t *testing.T) {
 					t.Errorf("node id = %q", o.nodeID)
 				}
 			}},
+		{name: "metrics on by default", check: func(t *testing.T, o *options) {
+			if !o.metrics {
+				t.Error("metrics off by default")
+			}
+		}},
+		{name: "metrics off from env", env: map[string]string{"MERIDIAN_METRICS": "false"}, check: func(t *testing.T, o *options) {
+			if o.metrics {
+				t.Error("MERIDIAN_METRICS=false not applied")
+			}
+		}},
 		{name: "pprof off by default", check: func(t *testing.T, o *options) {
 			if o.pprof {
 				t.Error("pprof on by default")

@@ -91,3 +91,31 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 	http.DefaultClient.CloseIdleConnections()
 }
+
+// TestMetricsOff: with --metrics=false traffic flows and the admin
+// listener has no /metrics.
+func TestMetricsOff(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok\n")
+	}))
+	defer up.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addrs, done := bootSnapshot(t, ctx, 3, routeTo(up.Listener.Addr().String(), "/api"), "--metrics=false")
+	if got := statusOf(t, http.DefaultClient, "http://"+addrs["dataplane"]+"/api/a"); got != http.StatusOK {
+		t.Errorf("GET /api/a = %d, want 200", got)
+	}
+	if got := statusOf(t, http.DefaultClient, "http://"+addrs["admin"]+"/metrics"); got != http.StatusNotFound {
+		t.Errorf("GET /metrics = %d, want 404 with --metrics=false", got)
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit code = %d after shutdown", code)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("run did not return after cancel")
+	}
+	http.DefaultClient.CloseIdleConnections()
+}

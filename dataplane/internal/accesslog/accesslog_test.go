@@ -2,7 +2,6 @@ package accesslog
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"strings"
@@ -35,14 +34,14 @@ func TestLogFields(t *testing.T) {
 		{
 			name: "proxied",
 			rec: Record{
-				Time: at, RequestID: "id1", TraceID: "t1", ClientIP: "10.0.0.1", Method: "GET", Host: "api.test",
+				Time: at, RequestID: "id1", TraceID: testTraceID, ClientIP: "10.0.0.1", Method: "GET", Host: "api.test",
 				Path: "/a/b", Protocol: "HTTP/1.1", UserAgent: "curl/8", Route: "r", Upstream: "u", Consumer: "alice",
 				Status: 200, Duration: 1234567 * time.Nanosecond, BytesIn: 3, BytesOut: 42,
 				Attempts: 2, UpstreamTarget: "10.1.1.1:80", UpstreamDuration: 999 * time.Microsecond,
 			},
 			want: map[string]any{
 				"time": "2025-03-04T04:06:07.890123Z", "level": "INFO", "msg": "access",
-				"request_id": "id1", "trace_id": "t1", "client_ip": "10.0.0.1", "method": "GET", "host": "api.test",
+				"request_id": "id1", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "client_ip": "10.0.0.1", "method": "GET", "host": "api.test",
 				"path": "/a/b", "protocol": "HTTP/1.1", "user_agent": "curl/8", "route": "r", "upstream": "u",
 				"consumer": "alice", "status": 200.0, "duration_us": 1234.0, "bytes_in": 3.0, "bytes_out": 42.0,
 				"attempts": 2.0, "upstream_target": "10.1.1.1:80", "upstream_duration_us": 999.0,
@@ -62,7 +61,7 @@ func TestLogFields(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var buf bytes.Buffer
-			New(&buf, 1).Log(context.Background(), &tt.rec)
+			New(&buf, 1).Log(&tt.rec)
 			if n := bytes.Count(buf.Bytes(), []byte("\n")); n != 1 {
 				t.Fatalf("%d lines, want 1: %q", n, buf.String())
 			}
@@ -254,7 +253,7 @@ func TestLogThroughWriter(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range 50 {
 		wg.Go(func() {
-			l.Log(context.Background(), &Record{Time: time.Now(), Status: 200 + i, Path: "/p"})
+			l.Log(&Record{Time: time.Now(), Status: 200 + i, Path: "/p"})
 		})
 	}
 	wg.Wait()

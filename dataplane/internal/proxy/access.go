@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/meridian-gw/meridian/dataplane/internal/accesslog"
 	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
 	"github.com/meridian-gw/meridian/dataplane/internal/middleware/jwt"
@@ -28,7 +30,7 @@ const (
 type accessLog struct {
 	log     *accesslog.Logger
 	ip      *clientip.Resolver
-	traceID func(*http.Request) string // nil: none
+	traceID func(*http.Request) trace.TraceID // nil: none
 }
 
 // routed logs a request an Entry served, from what m measured and noted.
@@ -95,7 +97,7 @@ func (al *accessLog) write(r *http.Request, rec *accesslog.Record) {
 	if al.traceID != nil {
 		rec.TraceID = al.traceID(r)
 	}
-	al.log.Log(r.Context(), rec)
+	al.log.Log(rec)
 }
 
 // label is the access log's name for an attempt failure, the same as the

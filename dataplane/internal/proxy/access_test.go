@@ -16,6 +16,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	josejwt "github.com/go-jose/go-jose/v4/jwt"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/accesslog"
@@ -339,7 +340,9 @@ func TestAccessLogAuthenticated(t *testing.T) {
 	var out lines
 	h := proxy.NewHandler(func() proxy.Routes { return oneRoute{proxy.NewEntry(rt, chain)} }, proxy.HandlerConfig{
 		AccessLog: accesslog.New(&out, 1),
-		TraceID:   func(*http.Request) string { return "4bf92f3577b34da6a3ce929d0e0e4736" },
+		TraceID: func(*http.Request) trace.TraceID {
+			return trace.TraceID{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36}
+		},
 	})
 	req := httptest.NewRequest("GET", "http://gw.test/x", nil)
 	req.Header.Set("Authorization", "Bearer "+signHS256(t, "bob"))

@@ -511,6 +511,14 @@ func retryRequest(ctx context.Context, prev *http.Request, w http.ResponseWriter
 // transport may still read those), so it gets a copy of its own.
 func tracedAttempt(out *http.Request, target string, n int) (*http.Request, trace.Span) {
 	ctx, span := startAttempt(out.Context(), out.Method, target, n+1)
+	if span == nil {
+		// Unsampled: every attempt carries the server span's context,
+		// written once.
+		if n == 0 {
+			injectAttempt(ctx, out.Header)
+		}
+		return out, nil
+	}
 	out = out.WithContext(ctx)
 	if n > 0 {
 		out.Header = maps.Clone(out.Header)

@@ -46,9 +46,9 @@ type HandlerConfig struct {
 	Metrics *metrics.Metrics
 	// AccessLog gets one line per request, routed or not; nil: none.
 	AccessLog *accesslog.Logger
-	// TraceID returns the trace id the access log gives r; nil logs "",
+	// TraceID returns the trace id the access log gives r; nil logs none,
 	// or TraceID (the request's span's) when TracerProvider is set.
-	TraceID func(r *http.Request) string
+	TraceID func(r *http.Request) trace.TraceID
 	// TracerProvider, when set, traces every request: a server span per
 	// request and a client span per upstream attempt, continuing and
 	// propagating W3C Trace Context. Nil: no tracing, at no cost.

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -424,14 +426,33 @@ func BenchmarkProxyAccessLogSampledOut(b *testing.B) {
 	benchGateway(b, metrics.New(prometheus.NewRegistry()), accesslog.New(w, 0))
 }
 
+// BenchmarkProxyObserved has everything the data plane observes on:
+// metrics, every request access-logged, and 1% of traces sampled (into
+// a discarding exporter), as bench/proxies.sh's meridian-obs-on target
+// runs it.
+func BenchmarkProxyObserved(b *testing.B) {
+	w := accesslog.NewWriter(io.Discard, accesslog.WriterOptions{})
+	defer w.Close()
+	tp := sdktrace.NewTracerProvider(
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.01))),
+		sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+	defer tp.Shutdown(context.Background())
+	m := metrics.New(prometheus.NewRegistry())
+	benchHandler(b, m, proxy.HandlerConfig{Metrics: m, AccessLog: accesslog.New(w, 1), TracerProvider: tp})
+}
+
 func benchGateway(b *testing.B, m *metrics.Metrics, access *accesslog.Logger) {
+	benchHandler(b, m, proxy.HandlerConfig{Metrics: m, AccessLog: access})
+}
+
+func benchHandler(b *testing.B, m *metrics.Metrics, c proxy.HandlerConfig) {
 	srv := benchUpstream(b)
 	g := gateway.New(gateway.Options{Logger: discard(), Metrics: m})
 	defer g.Close()
 	apply(b, g, 1, upstreamRes("users", addr(srv)), routeRes("r", &meridianv1.RouteSpec{
 		Upstream: "users", Match: match(prefix("/api/users")),
 	}))
-	runProxyBench(b, g.Handler(proxy.HandlerConfig{Metrics: m, AccessLog: access}))
+	runProxyBench(b, g.Handler(c))
 }
 
 func BenchmarkBareReverseProxy(b *testing.B) {

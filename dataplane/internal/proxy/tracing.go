@@ -46,14 +46,17 @@ const (
 // traceContext is the W3C Trace Context propagator; it has no state.
 var traceContext propagation.TraceContext
 
-// TraceID returns the hex trace id of r's span, or "" when r has none. It
-// is what HandlerConfig.TraceID defaults to when tracing is on.
-func TraceID(r *http.Request) string {
-	sc := trace.SpanContextFromContext(r.Context())
-	if !sc.IsValid() {
-		return ""
-	}
-	return sc.TraceID().String()
+// Span start options, made once: each call of trace.WithSpanKind boxes
+// its value, an allocation per request.
+var (
+	serverKind = trace.WithSpanKind(trace.SpanKindServer)
+	clientKind = trace.WithSpanKind(trace.SpanKindClient)
+)
+
+// TraceID returns the trace id of r's span, zero when r has none. It is
+// what HandlerConfig.TraceID defaults to when tracing is on.
+func TraceID(r *http.Request) trace.TraceID {
+	return trace.SpanContextFromContext(r.Context()).TraceID()
 }
 
 // startServer starts the server span of r, continuing the client's trace
@@ -62,19 +65,19 @@ func TraceID(r *http.Request) string {
 func startServer(tr trace.Tracer, w http.ResponseWriter, r *http.Request, route, upstream string) (*http.Request, trace.Span) {
 	ctx := traceContext.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
 	remote := trace.SpanContextFromContext(ctx).IsValid()
-	name := "HTTP " + r.Method
-	if route != "" {
-		name = r.Method + " " + route
+	ctx, span := tr.Start(ctx, "HTTP", serverKind)
+	// The name and attributes are built only for a span that records:
+	// with ratio sampling most do not, and the samplers the OTEL_
+	// variables choose look at neither.
+	if span.IsRecording() {
+		if route != "" {
+			span.SetName(r.Method + " " + route)
+			span.SetAttributes(attrRoute.String(route), attrUpstream.String(upstream))
+		} else {
+			span.SetName("HTTP " + r.Method)
+		}
+		span.SetAttributes(attrMethod.String(r.Method), attrPath.String(r.URL.Path), attrServer.String(r.Host))
 	}
-	attrs := []attribute.KeyValue{
-		attrMethod.String(r.Method),
-		attrPath.String(r.URL.Path),
-		attrServer.String(r.Host),
-	}
-	if route != "" {
-		attrs = append(attrs, attrRoute.String(route), attrUpstream.String(upstream))
-	}
-	ctx, span := tr.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
 	if sc := span.SpanContext(); sc.IsValid() && (sc.IsSampled() || remote) {
 		w.Header()[HeaderTraceID] = []string{sc.TraceID().String()}
 	}
@@ -83,6 +86,10 @@ func startServer(tr trace.Tracer, w http.ResponseWriter, r *http.Request, route,
 
 // endServer ends a server span with the status the client got.
 func endServer(span trace.Span, status int, failure string) {
+	if !span.IsRecording() {
+		span.End()
+		return
+	}
 	if status != 0 {
 		span.SetAttributes(attrStatus.Int(status))
 	}
@@ -96,15 +103,17 @@ func endServer(span trace.Span, status int, failure string) {
 }
 
 // startAttempt starts the client span of upstream attempt n (1 for the
-// first) to target when ctx carries a server span; it returns ctx itself
-// and nil otherwise.
+// first) to target when ctx carries a server span that records; it
+// returns ctx itself and nil otherwise. An unsampled request's attempts
+// get no span of their own: nothing would be exported, and the upstream
+// gets the server span's context (sampled flag off) instead.
 func startAttempt(ctx context.Context, method, target string, n int) (context.Context, trace.Span) {
 	parent := trace.SpanFromContext(ctx)
-	if !parent.SpanContext().IsValid() {
+	if !parent.IsRecording() {
 		return ctx, nil
 	}
 	return parent.TracerProvider().Tracer(tracerName).Start(ctx, "HTTP "+method,
-		trace.WithSpanKind(trace.SpanKindClient),
+		clientKind,
 		trace.WithAttributes(attrMethod.String(method), attrServer.String(target), attrAttempt.Int(n)))
 }
 

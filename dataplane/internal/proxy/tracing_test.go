@@ -170,6 +170,42 @@ func TestTracingFailure(t *testing.T) {
 
 // TestTracingOff checks that without a provider the client's trace
 // context passes through untouched and no trace id is returned.
+// TestTracingUnsampled: a request whose trace is not sampled exports no
+// span, and its upstream still gets the trace, continued with the
+// sampled flag off.
+func TestTracingUnsampled(t *testing.T) {
+	var got atomic.Value
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Store(r.Header.Get("Traceparent"))
+	}))
+	defer up.Close()
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp), sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())))
+	defer tp.Shutdown(context.Background())
+	g := gateway.New(gateway.Options{Logger: discard()})
+	defer g.Close()
+	apply(t, g, 1, upstreamRes("up", addr(up)), routeRes("r", &meridianv1.RouteSpec{Upstream: "up", Match: match(prefix("/api"))}))
+	const traceID, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	req := httptest.NewRequest("GET", "http://gw.test/api/x", nil)
+	req.Header.Set("Traceparent", "00-"+traceID+"-"+parent+"-00")
+	w := httptest.NewRecorder()
+	g.Handler(proxy.HandlerConfig{TracerProvider: tp}).ServeHTTP(w, req)
+	if w.Code != http.StatusOK {
+		t.Fatalf("status %d", w.Code)
+	}
+	v, _ := got.Load().(string)
+	parts := strings.Split(v, "-")
+	if len(parts) != 4 || parts[1] != traceID || parts[2] == parent || parts[3] != "00" {
+		t.Errorf("upstream traceparent %q, want trace %s continued by the gateway, unsampled", v, traceID)
+	}
+	if n := len(exp.GetSpans()); n != 0 {
+		t.Errorf("%d spans exported for an unsampled trace", n)
+	}
+	if v := w.Header().Get(proxy.HeaderTraceID); v != traceID {
+		t.Errorf("%s = %q, want the client's trace %s", proxy.HeaderTraceID, v, traceID)
+	}
+}
+
 func TestTracingOff(t *testing.T) {
 	var got atomic.Value
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -196,13 +196,21 @@ func eventually(t testing.TB, what string, check func() error) {
 type controlplane struct {
 	*proc
 	addr, etcd string
+	env        []string
 }
 
 // startControlplane runs a control plane with its own embedded etcd in dir,
 // or against etcdEndpoints when given.
 func startControlplane(t testing.TB, name, dataDir, etcdEndpoints string) *controlplane {
 	t.Helper()
-	cp := &controlplane{addr: freeAddr(t)}
+	return startControlplaneEnv(t, name, dataDir, etcdEndpoints, nil)
+}
+
+// startControlplaneEnv is startControlplane with extra environment
+// variables.
+func startControlplaneEnv(t testing.TB, name, dataDir, etcdEndpoints string, env []string) *controlplane {
+	t.Helper()
+	cp := &controlplane{addr: freeAddr(t), env: env}
 	args := []string{"--listen", cp.addr, "--data-dir", dataDir, "--metrics-listen", freeAddr(t), "--id", name}
 	if etcdEndpoints != "" {
 		args = append(args, "--etcd-endpoints", etcdEndpoints)
@@ -211,7 +219,7 @@ func startControlplane(t testing.TB, name, dataDir, etcdEndpoints string) *contr
 		cp.etcd = freeAddr(t)
 		args = append(args, "--etcd-listen", cp.etcd, "--etcd-peer-listen", freeAddr(t))
 	}
-	cp.proc = start(t, name, built.controlplane, nil, args...)
+	cp.proc = start(t, name, built.controlplane, env, args...)
 	cp.waitFor("controlplane listening on")
 	return cp
 }
@@ -219,7 +227,7 @@ func startControlplane(t testing.TB, name, dataDir, etcdEndpoints string) *contr
 // restart starts the same control plane again on the same addresses.
 func (cp *controlplane) restart(t testing.TB) {
 	t.Helper()
-	cp.proc = start(t, cp.name, built.controlplane, nil, cp.cmd.Args[1:]...)
+	cp.proc = start(t, cp.name, built.controlplane, cp.env, cp.cmd.Args[1:]...)
 	cp.waitFor("controlplane listening on")
 }
 

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"fmt"
@@ -36,6 +37,19 @@ func (o *otlpReceiver) Export(_ context.Context, req *coltracepb.ExportTraceServ
 		}
 	}
 	return &coltracepb.ExportTraceServiceResponse{}, nil
+}
+
+// named returns the spans received called name.
+func (o *otlpReceiver) named(name string) []*tracepb.Span {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []*tracepb.Span
+	for _, s := range o.spans {
+		if s.GetName() == name {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // traceSpans returns the spans received of trace id (hex).
@@ -80,11 +94,14 @@ func spanAttr(s *tracepb.Span, key string) string {
 	return ""
 }
 
-// TestTracing runs a data plane exporting spans over OTLP/gRPC to the
-// test, sends a request carrying a client's traceparent and checks that
-// the trace is continued end to end: the server span is the client span's
-// child, the attempt span the server span's, and the upstream receives
-// the attempt span's context; the client gets the trace id back.
+// TestTracing runs a control plane and a data plane exporting spans over
+// OTLP/gRPC to the test. A request carrying a client's traceparent is
+// traced end to end: the server span is the client span's child, the
+// attempt span the server span's, and the upstream receives the attempt
+// span's context; the client gets the trace id back. The gRPC between the
+// programs is traced too: the admin Apply has its server span, and the
+// data plane's discovery stream is one trace across both programs, with
+// each snapshot's apply a span in it.
 func TestTracing(t *testing.T) {
 	skipShort(t)
 	recv, collector := startOTLPReceiver(t)
@@ -102,13 +119,14 @@ func TestTracing(t *testing.T) {
 	t.Cleanup(up.Close)
 	upAddr := up.Listener.Addr().String()
 
-	cp := startControlplane(t, "cp", t.TempDir(), "")
-	dp := startDataplane(t, "dp-1", t.TempDir(), []string{
+	otelEnv := []string{
 		"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + collector,
 		"OTEL_EXPORTER_OTLP_PROTOCOL=grpc",
 		"OTEL_TRACES_SAMPLER=parentbased_always_on",
 		"OTEL_BSP_SCHEDULE_DELAY=100",
-	}, cp.addr)
+	}
+	cp := startControlplaneEnv(t, "cp", t.TempDir(), "", otelEnv)
+	dp := startDataplane(t, "dp-1", t.TempDir(), otelEnv, cp.addr)
 	cfg := fmt.Sprintf(`apiVersion: meridian/v1
 kind: Upstream
 metadata: {name: traced-up}
@@ -192,5 +210,75 @@ spec:
 	parts := strings.Split(got, "-")
 	if len(parts) != 4 || parts[1] != clientTrace || parts[2] != hex.EncodeToString(attempt.GetSpanId()) {
 		t.Errorf("upstream traceparent %q, want trace %s with parent the attempt span %x", got, clientTrace, attempt.GetSpanId())
+	}
+
+	checkControlPlaneSpans(t, recv, dp, v)
+}
+
+// checkControlPlaneSpans stops dp, which ends its discovery stream (a
+// stream's spans are exported when it ends), and checks the gRPC spans:
+// the admin Apply's server span, the stream's client span on the data
+// plane and server span on the control plane (its child, so one trace),
+// the control plane's "snapshot sent" event of version v on its stream
+// span, and the data plane's "apply snapshot" span of version v under the
+// stream's client span.
+func checkControlPlaneSpans(t *testing.T, recv *otlpReceiver, dp *dataplane, v uint64) {
+	t.Helper()
+	const (
+		applyRPC  = "meridian.v1.AdminService/Apply"
+		streamRPC = "meridian.v1.ConfigDiscoveryService/StreamSnapshots"
+	)
+	dp.stop()
+	var apply, client, server, applied *tracepb.Span
+	eventually(t, "control-plane and stream spans exported", func() error {
+		apply, client, server, applied = nil, nil, nil, nil
+		for _, s := range recv.named(applyRPC) {
+			if s.GetKind() == tracepb.Span_SPAN_KIND_SERVER {
+				apply = s
+			}
+		}
+		for _, s := range recv.named(streamRPC) {
+			switch s.GetKind() {
+			case tracepb.Span_SPAN_KIND_CLIENT:
+				client = s
+			case tracepb.Span_SPAN_KIND_SERVER:
+				server = s
+			}
+		}
+		for _, s := range recv.named("apply snapshot") {
+			if spanAttr(s, "meridian.snapshot.version") == fmt.Sprint(v) {
+				applied = s
+			}
+		}
+		if apply == nil || client == nil || server == nil || applied == nil {
+			return fmt.Errorf("admin Apply %v, stream client %v, stream server %v, apply snapshot v%d %v",
+				apply != nil, client != nil, server != nil, v, applied != nil)
+		}
+		return nil
+	})
+	if got := spanAttr(apply, "rpc.response.status_code"); got != "OK" {
+		t.Errorf("Apply span status code %q, want OK", got)
+	}
+	clientID := hex.EncodeToString(client.GetSpanId())
+	if !bytes.Equal(server.GetTraceId(), client.GetTraceId()) || hex.EncodeToString(server.GetParentSpanId()) != clientID {
+		t.Errorf("control plane's stream span (trace %x, parent %x) is not the data plane's stream span's (trace %x, span %s) child",
+			server.GetTraceId(), server.GetParentSpanId(), client.GetTraceId(), clientID)
+	}
+	if !bytes.Equal(applied.GetTraceId(), client.GetTraceId()) || hex.EncodeToString(applied.GetParentSpanId()) != clientID {
+		t.Errorf("apply snapshot span (trace %x, parent %x) is not under the stream's client span %s",
+			applied.GetTraceId(), applied.GetParentSpanId(), clientID)
+	}
+	var sent bool
+	for _, e := range server.GetEvents() {
+		if e.GetName() == "snapshot sent" {
+			for _, kv := range e.GetAttributes() {
+				if kv.GetKey() == "meridian.snapshot.version" && kv.GetValue().GetIntValue() == int64(v) {
+					sent = true
+				}
+			}
+		}
+	}
+	if !sent {
+		t.Errorf("the control plane's stream span has no \"snapshot sent\" event for v%d: %v", v, server.GetEvents())
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
@@ -36,6 +37,7 @@ import (
 	"github.com/meridian-gw/meridian/controlplane/internal/snapshot"
 	"github.com/meridian-gw/meridian/controlplane/internal/store"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
+	"github.com/meridian-gw/meridian/proto/tracing"
 )
 
 func main() {
@@ -144,14 +146,38 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return exitUsage
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
-	if err := serve(ctx, o, log, stdout); err != nil {
+	// The sampler is OTEL_TRACES_SAMPLER's (parentbased_always_on by
+	// default): admin calls are few, and the streams follow the data
+	// planes' decisions.
+	var traces trace.TracerProvider // nil: no tracing
+	tp, err := tracing.NewProvider(ctx, "meridian-controlplane", func(k string) (string, bool) {
+		v := getenv(k)
+		return v, v != ""
+	}, -1)
+	if err != nil {
+		fmt.Fprintf(stderr, "controlplane: tracing: %v\n", err)
+		return exitFailure
+	}
+	if tp != nil {
+		// Deferred: flushes the spans of the last calls on every return.
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+			defer cancel()
+			if err := tp.Shutdown(sctx); err != nil {
+				log.Warn("flushing traces failed", "err", err)
+			}
+		}()
+		log.Info("tracing on: spans exported over OTLP")
+		traces = tp
+	}
+	if err := serve(ctx, o, traces, log, stdout); err != nil {
 		log.Error("controlplane stopped", "err", err)
 		return exitFailure
 	}
 	return exitOK
 }
 
-func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) error {
+func serve(ctx context.Context, o *options, traces trace.TracerProvider, log *slog.Logger, stdout io.Writer) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(reg)
@@ -237,6 +263,9 @@ func serve(ctx context.Context, o *options, log *slog.Logger, stdout io.Writer) 
 	}
 	if auth != nil {
 		grpcOpts = append(grpcOpts, grpc.ChainUnaryInterceptor(auth.UnaryInterceptor()), grpc.ChainStreamInterceptor(auth.StreamInterceptor()))
+	}
+	if traces != nil {
+		grpcOpts = append(grpcOpts, grpc.StatsHandler(tracing.ServerHandler(traces)))
 	}
 	gs := grpc.NewServer(grpcOpts...)
 	meridianv1.RegisterAdminServiceServer(gs, admin.NewServer(st, log))

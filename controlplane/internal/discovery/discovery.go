@@ -14,6 +14,8 @@ import (
 	"time"
 	"unicode"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -333,6 +335,8 @@ func (h *handler) send(snap *snapshot.Snapshot) error {
 	}
 	if resp.Snapshot != nil {
 		h.server.metrics.ObserveSnapshotPush(time.Since(start))
+		h.event("snapshot sent", attribute.Int64("meridian.snapshot.version", int64(snap.Version())),
+			attribute.String("meridian.snapshot.hash", snap.Hash()))
 		h.sentVersion, h.sentNonce, h.sentCommitted = snap.Version(), nonce, snap.Committed()
 	}
 	if resp.Fleet != nil {
@@ -350,14 +354,26 @@ func (h *handler) answer(ctx context.Context, req *meridianv1.StreamSnapshotsReq
 	answersSent := req.GetResponseNonce() != "" && req.GetResponseNonce() == h.sentNonce
 	if answersSent && req.GetError() == nil && req.GetVersion() == h.sentVersion {
 		h.acked(now)
+		h.event("snapshot acknowledged", attribute.Int64("meridian.snapshot.version", int64(req.GetVersion())))
 	}
 	if answersSent && req.GetError() != nil {
+		h.event("snapshot rejected", attribute.Int64("meridian.snapshot.version", int64(h.sentVersion)),
+			attribute.Int64("meridian.snapshot.kept_version", int64(req.GetVersion())),
+			attribute.String("meridian.nack.message", req.GetError().GetMessage()))
 		h.server.metrics.CountNack(req.GetError().GetKind())
 		h.status.LastNack = &meridianv1.Nack{Version: h.sentVersion, Error: req.GetError(), Time: timestamppb.New(now)}
 		h.log.Warn("data plane rejected snapshot", "rejected_version", h.sentVersion, "kept_version", req.GetVersion(),
 			"kind", req.GetError().GetKind(), "name", req.GetError().GetName(), "field", req.GetError().GetField(), "error", req.GetError().GetMessage())
 	}
 	h.record(ctx, h.server.status.UpdateDataplane)
+}
+
+// event adds an event to the stream's span, when the stream is traced:
+// the snapshots sent and their answers show on the stream's one span.
+func (h *handler) event(name string, attrs ...attribute.KeyValue) {
+	if span := trace.SpanFromContext(h.stream.Context()); span.IsRecording() {
+		span.AddEvent(name, trace.WithAttributes(attrs...))
+	}
 }
 
 // acked measures how long the version just ACKed took to get from its

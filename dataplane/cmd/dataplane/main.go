@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/accesslog"
 	"github.com/meridian-gw/meridian/dataplane/internal/admin"
@@ -38,6 +39,7 @@ import (
 	"github.com/meridian-gw/meridian/dataplane/internal/server"
 	cpsync "github.com/meridian-gw/meridian/dataplane/internal/sync"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
+	"github.com/meridian-gw/meridian/proto/tracing"
 )
 
 // version is the build version, set with -ldflags "-X main.version=v1.2.3".
@@ -362,7 +364,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	// servers stopped, so the last requests' lines are written.
 	defer closeAccess()
 
-	tp, err := newTracerProvider(ctx, lookupEnv, o.traceSample)
+	tp, err := tracing.NewProvider(ctx, "meridian-dataplane", lookupEnv, o.traceSample)
 	if err != nil {
 		fmt.Fprintf(stderr, "dataplane: tracing: %v\n", err)
 		return 1
@@ -450,7 +452,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		return 1
 	}
 
-	client, err := cpsync.New(cpsync.Config{
+	syncConfig := cpsync.Config{
 		Addresses: o.controlplane,
 		Node: &meridianv1.Node{
 			Id: o.nodeID, Labels: o.labels, BuildVersion: version, ListenAddress: ln.Addr().String(),
@@ -458,7 +460,12 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		Applier: controlPlaneApplier{gw: gw, cache: store, log: log},
 		OnFleet: gw.SetFleetSize,
 		Log:     log,
-	})
+	}
+	if tp != nil {
+		syncConfig.TracerProvider = tp
+		syncConfig.DialOptions = []grpc.DialOption{grpc.WithStatsHandler(tracing.ClientHandler(tp))}
+	}
+	client, err := cpsync.New(syncConfig)
 	if err != nil {
 		closeListeners()
 		fmt.Fprintf(stderr, "dataplane: %v\n", err)

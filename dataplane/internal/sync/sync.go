@@ -14,6 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
@@ -22,6 +25,9 @@ import (
 	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
+
+// tracerName is the instrumentation scope of the apply spans.
+const tracerName = "github.com/meridian-gw/meridian/dataplane/internal/sync"
 
 // Defaults for Config's zero values.
 const (
@@ -67,6 +73,10 @@ type Config struct {
 	// on Run's goroutine, before the snapshot arriving in the same message
 	// is applied, and must not block.
 	OnFleet func(connected int)
+	// TracerProvider, when set, gives every snapshot received a span
+	// ("apply snapshot") covering its apply, a child of the stream's span
+	// when DialOptions trace the stream. Nil: none.
+	TracerProvider trace.TracerProvider
 }
 
 // Client is the ConfigDiscoveryService client. Start it with Run.
@@ -240,7 +250,7 @@ func (c *Client) session(ctx context.Context, addr string) (healthy bool, err er
 		}
 		healthy = true
 		c.received.Add(1)
-		if err := stream.Send(c.answer(ctx, snap)); err != nil {
+		if err := stream.Send(c.answer(stream.Context(), snap)); err != nil {
 			return true, fmt.Errorf("send answer: %w", recvErr(stream, err))
 		}
 	}
@@ -264,6 +274,13 @@ func recvErr(stream grpc.BidiStreamingClient[meridianv1.StreamSnapshotsRequest, 
 
 // answer applies snap and builds the ACK or NACK.
 func (c *Client) answer(ctx context.Context, snap *meridianv1.Snapshot) *meridianv1.StreamSnapshotsRequest {
+	var span trace.Span
+	if tp := c.cfg.TracerProvider; tp != nil {
+		ctx, span = tp.Tracer(tracerName).Start(ctx, "apply snapshot", trace.WithAttributes(
+			attribute.Int64("meridian.snapshot.version", int64(snap.GetVersion())),
+			attribute.String("meridian.snapshot.hash", snap.GetHash())))
+		defer span.End()
+	}
 	err := c.cfg.Applier.Apply(ctx, snap)
 	if err == nil {
 		c.cfg.Log.Info("snapshot acknowledged", "version", snap.GetVersion(), "hash", snap.GetHash())
@@ -272,6 +289,10 @@ func (c *Client) answer(ctx context.Context, snap *meridianv1.Snapshot) *meridia
 	c.nacks.Add(1)
 	version, hash := c.cfg.Applier.Applied()
 	cerr := ConfigError(err)
+	if span != nil {
+		span.SetAttributes(attribute.Int64("meridian.snapshot.kept_version", int64(version)))
+		span.SetStatus(codes.Error, cerr.GetMessage())
+	}
 	c.cfg.Log.Warn("snapshot rejected", "version", snap.GetVersion(), "kept", version,
 		"kind", cerr.GetKind(), "name", cerr.GetName(), "field", cerr.GetField(), "error", cerr.GetMessage())
 	return &meridianv1.StreamSnapshotsRequest{Version: version, Hash: hash, ResponseNonce: snap.GetNonce(), Error: cerr}

@@ -10,12 +10,17 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
+	"github.com/meridian-gw/meridian/proto/tracing"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -29,6 +34,8 @@ type cds struct {
 	answers      chan *meridianv1.StreamSnapshotsRequest
 	send         chan *meridianv1.Snapshot
 	sendResponse chan *meridianv1.StreamSnapshotsResponse
+	// spans gets each stream's span context, as the server sees it.
+	spans chan trace.SpanContext
 }
 
 func newCDS() *cds {
@@ -37,6 +44,7 @@ func newCDS() *cds {
 		answers:      make(chan *meridianv1.StreamSnapshotsRequest, 16),
 		send:         make(chan *meridianv1.Snapshot, 16),
 		sendResponse: make(chan *meridianv1.StreamSnapshotsResponse, 16),
+		spans:        make(chan trace.SpanContext, 16),
 	}
 }
 
@@ -47,6 +55,10 @@ func (s *cds) StreamSnapshots(stream grpc.BidiStreamingServer[meridianv1.StreamS
 	}
 	s.hellos <- hello
 	ctx := stream.Context()
+	select {
+	case s.spans <- trace.SpanContextFromContext(ctx):
+	default:
+	}
 	recvErr := make(chan error, 1)
 	var wg stdsync.WaitGroup
 	defer wg.Wait()
@@ -89,14 +101,15 @@ func (s *cds) StreamSnapshots(stream grpc.BidiStreamingServer[meridianv1.StreamS
 
 // serve starts s on addr ("127.0.0.1:0" for any port) and returns the
 // bound address and a stop function.
-func serve(t *testing.T, s *cds, addr string) (string, func()) {
+func serve(t *testing.T, s *cds, addr string, opts ...grpc.ServerOption) (string, func()) {
 	t.Helper()
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The client pings every 10s; the server must allow it.
-	srv := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}))
+	opts = append(opts, grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}))
+	srv := grpc.NewServer(opts...)
 	meridianv1.RegisterConfigDiscoveryServiceServer(srv, s)
 	done := make(chan struct{})
 	go func() {
@@ -302,6 +315,64 @@ func TestNack(t *testing.T) {
 				t.Errorf("error = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestTracedApply: with tracing on both ends, the stream's trace context
+// reaches the control plane and every snapshot's apply is a span of that
+// trace, a NACK's marked as an error.
+func TestTracedApply(t *testing.T) {
+	serverSpans, clientSpans := tracetest.NewInMemoryExporter(), tracetest.NewInMemoryExporter()
+	serverTP := sdktrace.NewTracerProvider(sdktrace.WithSyncer(serverSpans))
+	clientTP := sdktrace.NewTracerProvider(sdktrace.WithSyncer(clientSpans))
+	defer serverTP.Shutdown(context.Background())
+	defer clientTP.Shutdown(context.Background())
+
+	s := newCDS()
+	addr, _ := serve(t, s, "127.0.0.1:0", grpc.StatsHandler(tracing.ServerHandler(serverTP)))
+	cfg := testConfig(&applier{fail: map[uint64]error{3: errors.New("boom")}}, addr)
+	cfg.TracerProvider = clientTP
+	cfg.DialOptions = []grpc.DialOption{grpc.WithStatsHandler(tracing.ClientHandler(clientTP))}
+	runClient(t, cfg)
+	recv(t, s.hellos, "hello")
+	stream := recv(t, s.spans, "the stream's span context")
+	if !stream.IsValid() {
+		t.Fatalf("the server's stream span context %v is not a trace", stream)
+	}
+	s.send <- &meridianv1.Snapshot{Version: 2, Hash: "h2"}
+	recv(t, s.answers, "ACK")
+	s.send <- &meridianv1.Snapshot{Version: 3, Hash: "h3"}
+	recv(t, s.answers, "NACK")
+
+	var applies []tracetest.SpanStub
+	for _, sp := range clientSpans.GetSpans() {
+		if sp.Name == "apply snapshot" {
+			applies = append(applies, sp)
+		}
+	}
+	if len(applies) != 2 {
+		t.Fatalf("%d apply spans, want 2: %v", len(applies), clientSpans.GetSpans())
+	}
+	for i, want := range []struct {
+		version int64
+		code    codes.Code
+	}{{2, codes.Unset}, {3, codes.Error}} {
+		sp := applies[i]
+		if sp.SpanContext.TraceID() != stream.TraceID() {
+			t.Errorf("apply %d: trace %s, want the stream's %s", i, sp.SpanContext.TraceID(), stream.TraceID())
+		}
+		if !sp.Parent.IsValid() {
+			t.Errorf("apply %d has no parent; want the stream's client span", i)
+		}
+		var version int64
+		for _, kv := range sp.Attributes {
+			if kv.Key == "meridian.snapshot.version" {
+				version = kv.Value.AsInt64()
+			}
+		}
+		if version != want.version || sp.Status.Code != want.code {
+			t.Errorf("apply %d: version %d status %v, want %d %v", i, version, sp.Status.Code, want.version, want.code)
+		}
 	}
 }
 

@@ -1,23 +1,27 @@
-package main
+// Package tracing builds the OpenTelemetry tracer provider of both
+// programs from the standard OTEL_ environment variables, so the control
+// plane and the data plane are configured alike. It lives in the proto
+// module because that is the code the programs share.
+package tracing
 
 import (
 	"context"
 	"errors"
 	"fmt"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/stats"
 )
 
-// serviceName is the default service.name of the data plane's spans;
-// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES override it.
-const serviceName = "meridian-dataplane"
-
-// newTracerProvider returns the tracer provider for the OTLP exporter the
+// NewProvider returns the tracer provider for the OTLP exporter the
 // standard OTEL_ environment configures, or nil when neither
 // OTEL_EXPORTER_OTLP_ENDPOINT nor OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is
 // set: tracing is off. The protocol is OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
@@ -27,8 +31,10 @@ const serviceName = "meridian-dataplane"
 // themselves. sample, when 0 to 1, samples new traces at that ratio and
 // follows the parent's decision otherwise; when negative the sampler is
 // OTEL_TRACES_SAMPLER's (and _ARG), parentbased_always_on by default.
-// The caller owns the provider and shuts it down, which flushes it.
-func newTracerProvider(ctx context.Context, lookupEnv func(string) (string, bool), sample float64) (*sdktrace.TracerProvider, error) {
+// serviceName is the default service.name of the spans; OTEL_SERVICE_NAME
+// and OTEL_RESOURCE_ATTRIBUTES override it. The caller owns the provider
+// and shuts it down, which flushes it.
+func NewProvider(ctx context.Context, serviceName string, lookupEnv func(string) (string, bool), sample float64) (*sdktrace.TracerProvider, error) {
 	if !nonEmpty(lookupEnv, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") && !nonEmpty(lookupEnv, "OTEL_EXPORTER_OTLP_ENDPOINT") {
 		return nil, nil
 	}
@@ -67,4 +73,26 @@ func newTracerProvider(ctx context.Context, lookupEnv func(string) (string, bool
 func nonEmpty(lookupEnv func(string) (string, bool), name string) bool {
 	v, ok := lookupEnv(name)
 	return ok && v != ""
+}
+
+// ServerHandler returns the gRPC stats handler that gives every call a
+// server span in tp, continuing the caller's W3C trace context. A stream's
+// span lasts as long as the stream and is exported when it ends.
+func ServerHandler(tp trace.TracerProvider) stats.Handler {
+	return otelgrpc.NewServerHandler(grpcOptions(tp)...)
+}
+
+// ClientHandler is ServerHandler's client side: a client span per call,
+// its context sent in the call's metadata.
+func ClientHandler(tp trace.TracerProvider) stats.Handler {
+	return otelgrpc.NewClientHandler(grpcOptions(tp)...)
+}
+
+// grpcOptions name the provider and propagator outright: OpenTelemetry's
+// globals are left alone, so nothing depends on process-wide state.
+func grpcOptions(tp trace.TracerProvider) []otelgrpc.Option {
+	return []otelgrpc.Option{
+		otelgrpc.WithTracerProvider(tp),
+		otelgrpc.WithPropagators(propagation.TraceContext{}),
+	}
 }

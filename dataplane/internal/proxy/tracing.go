@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/hex"
 	"net/http"
 	"strconv"
 
@@ -63,8 +64,18 @@ func TraceID(r *http.Request) trace.TraceID {
 // context, and returns r carrying it. The trace id goes on the response
 // when the span is sampled or the client sent a trace.
 func startServer(tr trace.Tracer, w http.ResponseWriter, r *http.Request, route, upstream string) (*http.Request, trace.Span) {
-	ctx := traceContext.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-	remote := trace.SpanContextFromContext(ctx).IsValid()
+	// The client's context is read from the header alone (the propagator
+	// only when there is a traceparent: its lookups canonicalize and
+	// allocate) and put on the request's context even when there is none
+	// (an empty one): the SDK and the sampler then find the parent at the
+	// first level, instead of walking net/http's whole context chain,
+	// three times, to miss it.
+	var parent trace.SpanContext
+	if _, ok := r.Header[traceparent]; ok {
+		parent = trace.SpanContextFromContext(traceContext.Extract(context.Background(), propagation.HeaderCarrier(r.Header)))
+	}
+	remote := parent.IsValid()
+	ctx := trace.ContextWithRemoteSpanContext(r.Context(), parent)
 	ctx, span := tr.Start(ctx, "HTTP", serverKind)
 	// The name and attributes are built only for a span that records:
 	// with ratio sampling most do not, and the samplers the OTEL_
@@ -118,11 +129,30 @@ func startAttempt(ctx context.Context, method, target string, n int) (context.Co
 }
 
 // injectAttempt writes the attempt's trace context on h, the upstream
-// request's header, replacing the client's.
+// request's header, replacing the client's. It writes what the W3C
+// propagator's Inject writes, formatted here in one buffer: it runs for
+// every request while tracing is on, sampled or not.
 func injectAttempt(ctx context.Context, h http.Header) {
 	delete(h, traceparent)
 	delete(h, tracestate)
-	traceContext.Inject(ctx, propagation.HeaderCarrier(h))
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.IsValid() {
+		return
+	}
+	tid, sid := sc.TraceID(), sc.SpanID()
+	var buf [len("00-") + 2*len(tid) + 1 + 2*len(sid) + len("-00")]byte
+	b := append(buf[:0], "00-"...)
+	b = hex.AppendEncode(b, tid[:])
+	b = append(b, '-')
+	b = hex.AppendEncode(b, sid[:])
+	// Only the flags the specification defines: sampled and random.
+	flags := [1]byte{byte(sc.TraceFlags() & (trace.FlagsSampled | trace.FlagsRandom))}
+	b = append(b, '-')
+	b = hex.AppendEncode(b, flags[:])
+	h[traceparent] = []string{string(b)}
+	if ts := sc.TraceState(); ts.Len() > 0 {
+		h[tracestate] = []string{ts.String()}
+	}
 }
 
 // endAttempt ends an attempt span with the upstream's status, or with

@@ -230,7 +230,8 @@ done
 if wanted meridian-rl; then
 	# Proof the limit is live and counted in Redis: the policy header is
 	# sent, and the script ran.
-	curl -s -D - -o /dev/null "http://127.0.0.1:${PORT[meridian-rl]}$REQ_PATH" | grep -qi '^RateLimit-Policy: "bench"' ||
+	hdrs=$(curl -s -D - -o /dev/null "http://127.0.0.1:${PORT[meridian-rl]}$REQ_PATH")
+	grep -qi '^RateLimit-Policy: "bench"' <<<"$hdrs" ||
 		{ echo "$0: meridian-rl answers without its RateLimit-Policy header" >&2; exit 1; }
 	[ "$(redis-cli -p "$redis" info commandstats | grep -c 'cmdstat_eval')" -gt 0 ] ||
 		{ echo "$0: meridian-rl made no Redis script call" >&2; exit 1; }
@@ -250,7 +251,10 @@ if wanted meridian-obs-off; then
 	[ "$got" = 404 ] || { echo "$0: meridian-obs-off answers /metrics with $got, want 404 (metrics off)" >&2; exit 1; }
 fi
 if wanted meridian-obs-on; then
-	curl -s "http://127.0.0.1:${PORT[meridian-obs-on-admin]}/metrics" | grep -q '^meridian_dataplane_requests_total{' ||
+	# Into a variable first: grep -q would stop reading early and fail
+	# curl, and so the pipeline, with SIGPIPE.
+	exposition=$(curl -s "http://127.0.0.1:${PORT[meridian-obs-on-admin]}/metrics")
+	grep -q '^meridian_dataplane_requests_total{' <<<"$exposition" ||
 		{ echo "$0: meridian-obs-on counts no requests on /metrics" >&2; exit 1; }
 fi
 if wanted meridian-10k; then

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestAccessLogFile runs the program with --access-log FILE: each request
@@ -31,14 +30,7 @@ func TestAccessLogFile(t *testing.T) {
 		}
 	}
 	cancel()
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Fatalf("exit code %d", code)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("run did not return after cancel")
-	}
+	waitExit(t, done)
 
 	data, err := os.ReadFile(path)
 	if err != nil {

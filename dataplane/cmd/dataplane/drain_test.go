@@ -139,13 +139,19 @@ func TestGracefulDrain(t *testing.T) {
 	if r.err != nil || r.status != http.StatusOK || r.body != "finished" {
 		t.Errorf("in-flight request: %d %q %v, want 200 finished", r.status, r.body, r.err)
 	}
+	waitExit(t, done)
+}
+
+// waitExit waits for run to return and fails unless it exited 0.
+func waitExit(t *testing.T, done <-chan int) {
+	t.Helper()
 	select {
 	case code := <-done:
 		if code != 0 {
-			t.Errorf("exit code = %d", code)
+			t.Errorf("exit code = %d after shutdown", code)
 		}
 	case <-time.After(15 * time.Second):
-		t.Fatal("run did not return after the drain")
+		t.Fatal("run did not return after shutdown")
 	}
 }
 

@@ -314,14 +314,7 @@ func TestBootFromCache(t *testing.T) {
 	}
 
 	cancel()
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Errorf("exit code = %d after shutdown", code)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("run did not return after cancel")
-	}
+	waitExit(t, done)
 	http.DefaultClient.CloseIdleConnections()
 }
 

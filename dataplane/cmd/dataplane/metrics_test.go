@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestMetricsEndpoint runs the program, sends traffic through it, scrapes
@@ -81,14 +80,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 
 	cancel()
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Errorf("exit code = %d after shutdown", code)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("run did not return after cancel")
-	}
+	waitExit(t, done)
 	http.DefaultClient.CloseIdleConnections()
 }
 
@@ -109,13 +101,6 @@ func TestMetricsOff(t *testing.T) {
 		t.Errorf("GET /metrics = %d, want 404 with --metrics=false", got)
 	}
 	cancel()
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Errorf("exit code = %d after shutdown", code)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("run did not return after cancel")
-	}
+	waitExit(t, done)
 	http.DefaultClient.CloseIdleConnections()
 }

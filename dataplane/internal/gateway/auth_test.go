@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
 	josejwt "github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/middleware/jwt/jwttest"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
@@ -19,15 +19,7 @@ const testSecret = "gateway-test-secret-of-32-bytes!"
 // hs256 mints a token with go-jose, not the library that verifies it.
 func hs256(t *testing.T, sub string) string {
 	t.Helper()
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: []byte(testSecret)}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := josejwt.Signed(signer).Claims(josejwt.Claims{Subject: sub, Expiry: josejwt.NewNumericDate(time.Now().Add(time.Hour))}).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	return jwttest.HS256(t, testSecret, josejwt.Claims{Subject: sub, Expiry: josejwt.NewNumericDate(time.Now().Add(time.Hour))})
 }
 
 // TestRouteAuthIsWiredAndProvidersSurvivePushes: a route naming a

@@ -10,13 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
 	josejwt "github.com/go-jose/go-jose/v4/jwt"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/metrics/metricstest"
+	"github.com/meridian-gw/meridian/dataplane/internal/middleware/jwt/jwttest"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
@@ -36,15 +36,7 @@ func deadAddr(t *testing.T) string {
 // signHS256 mints a token for the provider of TestMetrics.
 func signHS256(t *testing.T, secret string, exp time.Time) string {
 	t.Helper()
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: []byte(secret)}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := josejwt.Signed(signer).Claims(josejwt.Claims{Subject: "alice", Expiry: josejwt.NewNumericDate(exp)}).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	return jwttest.HS256(t, secret, josejwt.Claims{Subject: "alice", Expiry: josejwt.NewNumericDate(exp)})
 }
 
 // TestMetrics sends known traffic through a gateway and checks that every

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
 	josejwt "github.com/go-jose/go-jose/v4/jwt"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
@@ -23,6 +22,7 @@ import (
 	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
 	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/middleware/jwt"
+	"github.com/meridian-gw/meridian/dataplane/internal/middleware/jwt/jwttest"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -62,15 +62,7 @@ func (l *lines) parse(t *testing.T) (raw []string, decoded []map[string]any) {
 
 func signHS256(t *testing.T, sub string) string {
 	t.Helper()
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: []byte(accessSecret)}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := josejwt.Signed(signer).Claims(josejwt.Claims{Subject: sub, Expiry: josejwt.NewNumericDate(time.Now().Add(time.Hour))}).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	return jwttest.HS256(t, accessSecret, josejwt.Claims{Subject: sub, Expiry: josejwt.NewNumericDate(time.Now().Add(time.Hour))})
 }
 
 func jwtProviderSpec() *meridianv1.JWTProviderSpec {

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-	josejwt "github.com/go-jose/go-jose/v4/jwt"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -18,6 +16,7 @@ import (
 	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/metrics/metricstest"
 	"github.com/meridian-gw/meridian/dataplane/internal/middleware/jwt"
+	"github.com/meridian-gw/meridian/dataplane/internal/middleware/jwt/jwttest"
 	"github.com/meridian-gw/meridian/dataplane/internal/ratelimit/local"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
@@ -37,16 +36,8 @@ func (r *recorder) Allow(_ context.Context, key string, _ time.Time) local.Decis
 // token mints an HS256 token with go-jose, not the library that verifies it.
 func token(t *testing.T, claims map[string]any) string {
 	t.Helper()
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: []byte(testSecret)}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	claims["exp"] = time.Now().Add(time.Hour).Unix()
-	tok, err := josejwt.Signed(signer).Claims(claims).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	return jwttest.HS256(t, testSecret, claims)
 }
 
 // withAuth puts the real JWT middleware in front of h, so consumer and

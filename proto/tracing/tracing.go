@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/otel/attribute"
@@ -34,9 +36,16 @@ import (
 // serviceName is the default service.name of the spans; OTEL_SERVICE_NAME
 // and OTEL_RESOURCE_ATTRIBUTES override it. The caller owns the provider
 // and shuts it down, which flushes it.
-func NewProvider(ctx context.Context, serviceName string, lookupEnv func(string) (string, bool), sample float64) (*sdktrace.TracerProvider, error) {
+func NewProvider(ctx context.Context, serviceName string, lookupEnv func(string) (string, bool), sample float64) (*Provider, error) {
 	if !nonEmpty(lookupEnv, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") && !nonEmpty(lookupEnv, "OTEL_EXPORTER_OTLP_ENDPOINT") {
 		return nil, nil
+	}
+	sampler := sdktrace.ParentBased(sdktrace.TraceIDRatioBased(sample))
+	if sample < 0 {
+		var err error
+		if sampler, err = samplerFromEnv(lookupEnv); err != nil {
+			return nil, err
+		}
 	}
 	protocol, ok := lookupEnv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
 	if !ok || protocol == "" {
@@ -63,11 +72,46 @@ func NewProvider(ctx context.Context, serviceName string, lookupEnv func(string)
 	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
 		return nil, fmt.Errorf("trace resource: %w", err)
 	}
-	opts := []sdktrace.TracerProviderOption{sdktrace.WithBatcher(exp), sdktrace.WithResource(res)}
-	if sample >= 0 {
-		opts = append(opts, sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(sample))))
+	return New(sampler, sdktrace.WithBatcher(exp), sdktrace.WithResource(res)), nil
+}
+
+// samplerFromEnv is the sampler OTEL_TRACES_SAMPLER and
+// OTEL_TRACES_SAMPLER_ARG name, as the SDK reads them, except that a
+// value it does not know is an error rather than a logged fallback.
+func samplerFromEnv(lookupEnv func(string) (string, bool)) (sdktrace.Sampler, error) {
+	name, _ := lookupEnv("OTEL_TRACES_SAMPLER")
+	name = strings.ToLower(strings.TrimSpace(name))
+	arg, _ := lookupEnv("OTEL_TRACES_SAMPLER_ARG")
+	arg = strings.TrimSpace(arg)
+	ratio := func() (sdktrace.Sampler, error) {
+		if arg == "" {
+			return sdktrace.TraceIDRatioBased(1), nil
+		}
+		v, err := strconv.ParseFloat(arg, 64)
+		if err != nil || v < 0 || v > 1 {
+			return nil, fmt.Errorf("OTEL_TRACES_SAMPLER_ARG %q: want a ratio from 0 to 1", arg)
+		}
+		return sdktrace.TraceIDRatioBased(v), nil
 	}
-	return sdktrace.NewTracerProvider(opts...), nil
+	switch name {
+	case "", "parentbased_always_on":
+		return sdktrace.ParentBased(sdktrace.AlwaysSample()), nil
+	case "parentbased_always_off":
+		return sdktrace.ParentBased(sdktrace.NeverSample()), nil
+	case "parentbased_traceidratio":
+		s, err := ratio()
+		if err != nil {
+			return nil, err
+		}
+		return sdktrace.ParentBased(s), nil
+	case "always_on":
+		return sdktrace.AlwaysSample(), nil
+	case "always_off":
+		return sdktrace.NeverSample(), nil
+	case "traceidratio":
+		return ratio()
+	}
+	return nil, fmt.Errorf("OTEL_TRACES_SAMPLER %q: want always_on, always_off, traceidratio or parentbased_ one of them", name)
 }
 
 func nonEmpty(lookupEnv func(string) (string, bool), name string) bool {

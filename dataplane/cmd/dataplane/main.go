@@ -486,10 +486,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	srvConfig := o.server
 	srvConfig.Certificates = certs
 	srvConfig.ErrorLog = errorLog
-	handlerConfig := proxy.HandlerConfig{ClientIP: ip, Metrics: m, AccessLog: access}
-	if tp != nil {
-		handlerConfig.TracerProvider = tp
-	}
+	handlerConfig := proxy.HandlerConfig{ClientIP: ip, Metrics: m, AccessLog: access, TracerProvider: tp}
 	traffic := server.New(gw.Handler(handlerConfig), srvConfig)
 	var readiness server.Readiness
 	adminSrv := &http.Server{

@@ -26,11 +26,10 @@ const (
 )
 
 // accessLog is the process-wide part of access logging: where lines go
-// and how the client address and trace id are found.
+// and how the client address is found.
 type accessLog struct {
-	log     *accesslog.Logger
-	ip      *clientip.Resolver
-	traceID func(*http.Request) trace.TraceID // nil: none
+	log *accesslog.Logger
+	ip  *clientip.Resolver
 }
 
 // routed logs a request an Entry served, from what m measured and noted.
@@ -43,6 +42,7 @@ func (al *accessLog) routed(r *http.Request, rt *Route, m *meter, now time.Time,
 	rec := accesslog.Record{
 		Time:             now,
 		RequestID:        m.requestID,
+		TraceID:          m.trace.TraceID(),
 		Route:            rt.name,
 		Upstream:         rt.pool.Name(),
 		UserAgent:        m.userAgent,
@@ -64,13 +64,14 @@ func (al *accessLog) routed(r *http.Request, rt *Route, m *meter, now time.Time,
 }
 
 // unrouted logs an answer Handler gave itself, before any route.
-func (al *accessLog) unrouted(r *http.Request, newID string, status int, written int, reason string, now time.Time, d time.Duration) {
+func (al *accessLog) unrouted(r *http.Request, traceID trace.TraceID, newID string, status int, written int, reason string, now time.Time, d time.Duration) {
 	if !al.log.Sampled(status, reason != "") {
 		return
 	}
 	rec := accesslog.Record{
 		Time:      now,
 		RequestID: newID,
+		TraceID:   traceID,
 		Status:    status,
 		Duration:  d,
 		BytesOut:  int64(written),
@@ -94,9 +95,6 @@ func (al *accessLog) write(r *http.Request, rec *accesslog.Record) {
 	rec.Host = r.Host
 	rec.Path = r.URL.Path
 	rec.Protocol = r.Proto
-	if al.traceID != nil {
-		rec.TraceID = al.traceID(r)
-	}
 	al.log.Log(rec)
 }
 

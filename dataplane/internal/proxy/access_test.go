@@ -15,7 +15,7 @@ import (
 
 	josejwt "github.com/go-jose/go-jose/v4/jwt"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.opentelemetry.io/otel/trace"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/accesslog"
@@ -26,6 +26,7 @@ import (
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
+	"github.com/meridian-gw/meridian/proto/tracing"
 )
 
 const accessSecret = "proxy-access-log-secret-32-bytes"
@@ -304,7 +305,7 @@ func (o oneRoute) Allow(*http.Request) string       { return "" }
 
 // TestAccessLogAuthenticated: middleware after authentication that
 // answers itself (a rate limit) gets the consumer logged by calling
-// proxy.Authenticated; the trace id hook fills trace_id.
+// proxy.Authenticated; an unsampled trace's id is logged too.
 func TestAccessLogAuthenticated(t *testing.T) {
 	t.Setenv("PROXY_ACCESS_SECRET", accessSecret)
 	pool, err := upstream.New("users", &meridianv1.UpstreamSpec{Targets: []*meridianv1.Target{{Address: deadAddr(t)}}}, nil)
@@ -331,13 +332,13 @@ func TestAccessLogAuthenticated(t *testing.T) {
 	}
 	var out lines
 	h := proxy.NewHandler(func() proxy.Routes { return oneRoute{proxy.NewEntry(rt, chain)} }, proxy.HandlerConfig{
-		AccessLog: accesslog.New(&out, 1),
-		TraceID: func(*http.Request) trace.TraceID {
-			return trace.TraceID{0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36}
-		},
+		AccessLog:      accesslog.New(&out, 1),
+		TracerProvider: tracing.New(sdktrace.ParentBased(sdktrace.AlwaysSample())),
 	})
 	req := httptest.NewRequest("GET", "http://gw.test/x", nil)
 	req.Header.Set("Authorization", "Bearer "+signHS256(t, "bob"))
+	// An unsampled trace: the line still carries its id.
+	req.Header.Set("Traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
 	if rec.Code != http.StatusTooManyRequests {

@@ -42,17 +42,18 @@ func (e *Entry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // serve measures the request, if the route has metrics or al (the access
 // log) is set or tr traces it, and runs it; newID is the request id
 // Handler generated, as for Route.serve. One measurement feeds all.
-func (e *Entry) serve(w http.ResponseWriter, r *http.Request, newID string, al *accessLog, tr trace.Tracer) {
+func (e *Entry) serve(w http.ResponseWriter, r *http.Request, newID string, al *accessLog, tr *tracer) {
 	rm := e.route.metrics
 	if rm == nil && al == nil && tr == nil {
 		e.dispatch(w, r, newID)
 		return
 	}
 	var span trace.Span
+	var tc trace.SpanContext
 	if tr != nil {
 		// Before the meter is set up: the access log and the route see
-		// the request carrying the span.
-		r, span = startServer(tr, w, r, e.route.name, e.route.pool.Name())
+		// the request carrying the span, when it records.
+		r, span, tc = tr.startServer(w, r, e.route.name, e.route.pool.Name())
 	}
 	start := time.Now()
 	rm.Begin()
@@ -66,8 +67,10 @@ func (e *Entry) serve(w http.ResponseWriter, r *http.Request, newID string, al *
 		}
 	}
 	// The route notes attempts and failures on the meter for the access
-	// log and for the server span's error.type alike.
-	m.logging = al != nil || span != nil
+	// log and for the server span's error.type alike, and finds the
+	// trace context to send upstream there.
+	m.noting = al != nil || tr != nil
+	m.trace = tc
 	if al != nil {
 		// Read now: middleware may edit the header map on the way.
 		m.requestID = newID
@@ -124,8 +127,9 @@ func (e *Entry) dispatch(w http.ResponseWriter, r *http.Request, newID string) {
 
 // meter wraps the client's ResponseWriter for one request an Entry
 // serves, to learn the final status and count the body bytes written;
-// with the access log on, the route also notes on it what it learnt
-// about the upstream (see recorderOf). Unwrap keeps
+// with the access log or tracing on, the route also notes on it what it
+// learnt about the upstream and finds the trace context to pass on (see
+// recorderOf). Unwrap keeps
 // http.ResponseController (flush, deadlines) working through it. It is
 // pooled: nothing keeps it past the handler's return, as a transport may
 // keep a request (never a ResponseWriter).
@@ -134,8 +138,10 @@ type meter struct {
 	status  int // the first final status; 101 for a hijacked connection
 	written int64
 
-	// The access log's; set only while logging.
-	logging   bool
+	// What the route notes, only when noting: for the access log and
+	// the tracing.
+	noting    bool
+	trace     trace.SpanContext // the server span's; invalid when not traced
 	requestID string
 	userAgent string
 	bodyIn    *bodyCount      // nil: no request body
@@ -181,14 +187,14 @@ func (m *meter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 func (m *meter) Unwrap() http.ResponseWriter { return m.ResponseWriter }
 
 // recorderOf returns the meter of the request w answers when the access
-// log records it, so the route can note what it learnt there; nil
-// otherwise. Middleware wrapping the writer is seen through if it has an
+// log records it or it is traced, so the route can note what it learnt
+// there; nil otherwise. Middleware wrapping the writer is seen through if it has an
 // Unwrap method, as http.ResponseController does.
 func recorderOf(w http.ResponseWriter) *meter {
 	for range 8 {
 		switch v := w.(type) {
 		case *meter:
-			if v.logging {
+			if v.noting {
 				return v
 			}
 			return nil
@@ -219,6 +225,15 @@ func (m *meter) attempt(n int, target string, latency time.Duration) {
 		return
 	}
 	m.attempts, m.target, m.upstream = n, target, latency
+}
+
+// traceContext returns the server span's context, invalid on a nil meter
+// or an untraced request.
+func (m *meter) traceContext() trace.SpanContext {
+	if m == nil {
+		return trace.SpanContext{}
+	}
+	return m.trace
 }
 
 // fail notes why the gateway answered itself; nothing on a nil meter.

@@ -313,12 +313,12 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 	rt.request.apply(h)
 	out.Header = h
 
-	// With a server span on the request, each attempt has a client span
-	// whose context the upstream receives. A 1xx response clears the
+	// A traced request's upstream receives its trace context: a sampled
+	// one's each attempt's client span's. A 1xx response clears the
 	// client's header map, so the trace id header is put back after.
-	traced := trace.SpanContextFromContext(ctx).IsValid()
+	tc := p.rec.traceContext()
 	var traceIDs []string
-	if traced {
+	if tc.IsValid() {
 		traceIDs = w.Header()[HeaderTraceID]
 	}
 
@@ -335,8 +335,8 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 	var f failure
 	for n := 0; ; n++ {
 		var span trace.Span
-		if traced {
-			out, span = tracedAttempt(out, a.target.Address(), n)
+		if tc.IsValid() {
+			out, span = tracedAttempt(out, tc, a.target.Address(), n)
 		}
 		res, err = rt.pool.Transport().RoundTrip(out)
 		hints.finish()
@@ -505,17 +505,19 @@ func retryRequest(ctx context.Context, prev *http.Request, w http.ResponseWriter
 	return out, hints
 }
 
-// tracedAttempt starts the client span of attempt n (0 for the first) to
-// target and returns out carrying it, with its trace context in the
-// header. A retry's header map is shared with the earlier attempts' (a
-// transport may still read those), so it gets a copy of its own.
-func tracedAttempt(out *http.Request, target string, n int) (*http.Request, trace.Span) {
-	ctx, span := startAttempt(out.Context(), out.Method, target, n+1)
+// tracedAttempt passes tc, the server span's context, to the upstream
+// in attempt n (0 for the first) to target: when tc is sampled in the
+// context of a client span of the attempt's own, which it returns with
+// out carrying it. A retry's header map is shared with the earlier
+// attempts' (a transport may still read those), so it gets a copy of its
+// own.
+func tracedAttempt(out *http.Request, tc trace.SpanContext, target string, n int) (*http.Request, trace.Span) {
+	ctx, span := startAttempt(out.Context(), tc, out.Method, target, n+1)
 	if span == nil {
 		// Unsampled: every attempt carries the server span's context,
 		// written once.
 		if n == 0 {
-			injectAttempt(ctx, out.Header)
+			inject(tc, out.Header)
 		}
 		return out, nil
 	}
@@ -523,7 +525,7 @@ func tracedAttempt(out *http.Request, target string, n int) (*http.Request, trac
 	if n > 0 {
 		out.Header = maps.Clone(out.Header)
 	}
-	injectAttempt(ctx, out.Header)
+	inject(span.SpanContext(), out.Header)
 	return out, span
 }
 

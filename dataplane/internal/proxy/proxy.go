@@ -20,6 +20,7 @@ import (
 	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
 	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/router"
+	"github.com/meridian-gw/meridian/proto/tracing"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -44,15 +45,13 @@ type HandlerConfig struct {
 	// Metrics counts the requests no route serves, under the route
 	// metrics.NoRoute; nil: none. Routes record their own.
 	Metrics *metrics.Metrics
-	// AccessLog gets one line per request, routed or not; nil: none.
+	// AccessLog gets one line per request, routed or not, with its trace
+	// id when it is traced; nil: none.
 	AccessLog *accesslog.Logger
-	// TraceID returns the trace id the access log gives r; nil logs none,
-	// or TraceID (the request's span's) when TracerProvider is set.
-	TraceID func(r *http.Request) trace.TraceID
 	// TracerProvider, when set, traces every request: a server span per
 	// request and a client span per upstream attempt, continuing and
 	// propagating W3C Trace Context. Nil: no tracing, at no cost.
-	TracerProvider trace.TracerProvider
+	TracerProvider *tracing.Provider
 }
 
 // Handler is the traffic http.Handler.
@@ -60,23 +59,16 @@ type Handler struct {
 	current  func() Routes
 	ip       *clientip.Resolver
 	unrouted *metrics.Route
-	access   *accessLog   // nil: no access log
-	tracer   trace.Tracer // nil: no tracing
+	access   *accessLog // nil: no access log
+	tracer   *tracer    // nil: no tracing
 }
 
 // NewHandler returns a Handler that calls current once per request to get
 // the live configuration; current returns nil while none is applied.
 func NewHandler(current func() Routes, c HandlerConfig) *Handler {
-	h := &Handler{current: current, ip: c.ClientIP, unrouted: c.Metrics.Unrouted()}
-	traceID := c.TraceID
-	if c.TracerProvider != nil {
-		h.tracer = c.TracerProvider.Tracer(tracerName)
-		if traceID == nil {
-			traceID = TraceID
-		}
-	}
+	h := &Handler{current: current, ip: c.ClientIP, unrouted: c.Metrics.Unrouted(), tracer: newTracer(c.TracerProvider)}
 	if c.AccessLog != nil {
-		h.access = &accessLog{log: c.AccessLog, ip: c.ClientIP, traceID: traceID}
+		h.access = &accessLog{log: c.AccessLog, ip: c.ClientIP}
 	}
 	return h
 }
@@ -155,9 +147,10 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, newID strin
 		writeJSON(w, status, body)
 		return
 	}
+	var tc trace.SpanContext
 	if h.tracer != nil {
 		var span trace.Span
-		r, span = startServer(h.tracer, w, r, "", "")
+		r, span, tc = h.tracer.startServer(w, r, "", "")
 		defer endServer(span, status, reason)
 	}
 	start := time.Now()
@@ -167,7 +160,7 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, newID strin
 	d := now.Sub(start)
 	h.unrouted.End(r.Method, status, int64(len(body)), d)
 	if h.access != nil {
-		h.access.unrouted(r, newID, status, len(body), reason, now, d)
+		h.access.unrouted(r, tc.TraceID(), newID, status, len(body), reason, now, d)
 	}
 }
 

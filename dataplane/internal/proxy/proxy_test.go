@@ -29,6 +29,7 @@ import (
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
 	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
+	"github.com/meridian-gw/meridian/proto/tracing"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -433,9 +434,7 @@ func BenchmarkProxyAccessLogSampledOut(b *testing.B) {
 func BenchmarkProxyObserved(b *testing.B) {
 	w := accesslog.NewWriter(io.Discard, accesslog.WriterOptions{})
 	defer w.Close()
-	tp := sdktrace.NewTracerProvider(
-		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.01))),
-		sdktrace.WithBatcher(tracetest.NewNoopExporter()))
+	tp := tracing.New(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.01)), sdktrace.WithBatcher(tracetest.NewNoopExporter()))
 	defer tp.Shutdown(context.Background())
 	m := metrics.New(prometheus.NewRegistry())
 	benchHandler(b, m, proxy.HandlerConfig{Metrics: m, AccessLog: accesslog.New(w, 1), TracerProvider: tp})

@@ -230,7 +230,7 @@ func (rt *Route) serve(w http.ResponseWriter, r *http.Request, newID string) {
 		r.Header[headerRequestID] = ids
 		w.Header()[headerRequestID] = ids
 	}
-	rec := recorderOf(w) // nil unless the access log records the request
+	rec := recorderOf(w) // nil unless the access log records the request or it is traced
 	if rec != nil {
 		rec.ctx = r.Context() // past authentication: the consumer, if any
 	}
@@ -302,11 +302,15 @@ func (rt *Route) serve(w http.ResponseWriter, r *http.Request, newID string) {
 	}
 	x.try = a
 	x.rec = rec
-	if trace.SpanContextFromContext(r.Context()).IsValid() {
+	if tc := rec.traceContext(); tc.IsValid() {
 		// One attempt: ReverseProxy is never retried. rewrite injects
-		// the span's context into the upstream request.
-		var ctx context.Context
-		ctx, x.span = startAttempt(r.Context(), r.Method, a.target.Address(), 1)
+		// the context the request carries into the upstream request:
+		// the attempt span's, or the server span's when unsampled.
+		ctx, span := startAttempt(r.Context(), tc, r.Method, a.target.Address(), 1)
+		if span == nil {
+			ctx = trace.ContextWithSpanContext(ctx, tc)
+		}
+		x.span = span
 		r = r.WithContext(ctx)
 	}
 	defer rt.finish(x, a.target)
@@ -492,8 +496,8 @@ func (rt *Route) rewrite(pr *httputil.ProxyRequest) {
 		h[headerForwardedRFC] = v
 	}
 	rt.request.apply(h)
-	if ctx := out.Context(); trace.SpanContextFromContext(ctx).IsValid() {
-		injectAttempt(ctx, h)
+	if sc := trace.SpanContextFromContext(out.Context()); sc.IsValid() {
+		inject(sc, h)
 	}
 }
 

@@ -10,13 +10,17 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/meridian-gw/meridian/proto/tracing"
 )
 
 // Tracing: with HandlerConfig.TracerProvider set, every request gets a
 // server span (continuing the client's W3C traceparent, if any) and every
 // upstream attempt a client span, child of it, whose context goes to the
-// upstream in traceparent/tracestate. Without a provider nothing here
-// runs: the hot path only tests a nil tracer.
+// upstream in traceparent/tracestate. A request whose trace is not
+// sampled gets only a span context: the upstream receives it and the
+// access log its trace id. Without a provider nothing here runs: the hot
+// path only tests a nil tracer.
 
 // tracerName is the instrumentation scope of the proxy's spans.
 const tracerName = "github.com/meridian-gw/meridian/dataplane/internal/proxy"
@@ -41,6 +45,7 @@ const (
 	attrServer  = attribute.Key("server.address")
 	attrError   = attribute.Key("error.type")
 	traceparent = "Traceparent"
+	spanName    = "HTTP" // a server span's name until it is known to record
 	tracestate  = "Tracestate"
 )
 
@@ -54,51 +59,60 @@ var (
 	clientKind = trace.WithSpanKind(trace.SpanKindClient)
 )
 
-// TraceID returns the trace id of r's span, zero when r has none. It is
-// what HandlerConfig.TraceID defaults to when tracing is on.
-func TraceID(r *http.Request) trace.TraceID {
-	return trace.SpanContextFromContext(r.Context()).TraceID()
+// tracer starts the proxy's spans: the provider takes the sampling
+// decision first, so a request whose trace is not sampled costs no
+// SDK span, no context layer and no request copy.
+type tracer struct {
+	provider *tracing.Provider
+	tracer   trace.Tracer
+}
+
+func newTracer(p *tracing.Provider) *tracer {
+	if p == nil {
+		return nil
+	}
+	return &tracer{provider: p, tracer: p.Tracer(tracerName)}
 }
 
 // startServer starts the server span of r, continuing the client's trace
-// context, and returns r carrying it. The trace id goes on the response
-// when the span is sampled or the client sent a trace.
-func startServer(tr trace.Tracer, w http.ResponseWriter, r *http.Request, route, upstream string) (*http.Request, trace.Span) {
-	// The client's context is read from the header alone (the propagator
-	// only when there is a traceparent: its lookups canonicalize and
-	// allocate) and put on the request's context even when there is none
-	// (an empty one): the SDK and the sampler then find the parent at the
-	// first level, instead of walking net/http's whole context chain,
-	// three times, to miss it.
+// context. It returns the span's context and, when the span records,
+// the span and r carrying it; an unsampled request gets neither (nil, r
+// itself). The trace id goes on the response when the span is sampled
+// or the client sent a trace.
+func (t *tracer) startServer(w http.ResponseWriter, r *http.Request, route, upstream string) (*http.Request, trace.Span, trace.SpanContext) {
+	// The client's context is read from the header alone: the propagator
+	// runs only when there is a traceparent, as its lookups canonicalize
+	// and allocate.
 	var parent trace.SpanContext
 	if _, ok := r.Header[traceparent]; ok {
 		parent = trace.SpanContextFromContext(traceContext.Extract(context.Background(), propagation.HeaderCarrier(r.Header)))
 	}
-	remote := parent.IsValid()
-	ctx := trace.ContextWithRemoteSpanContext(r.Context(), parent)
-	ctx, span := tr.Start(ctx, "HTTP", serverKind)
-	// The name and attributes are built only for a span that records:
-	// with ratio sampling most do not, and the samplers the OTEL_
-	// variables choose look at neither.
-	if span.IsRecording() {
-		if route != "" {
-			span.SetName(r.Method + " " + route)
-			span.SetAttributes(attrRoute.String(route), attrUpstream.String(upstream))
-		} else {
-			span.SetName("HTTP " + r.Method)
-		}
-		span.SetAttributes(attrMethod.String(r.Method), attrPath.String(r.URL.Path), attrServer.String(r.Host))
-	}
-	if sc := span.SpanContext(); sc.IsValid() && (sc.IsSampled() || remote) {
+	sc, record := t.provider.Decide(parent, spanName, trace.SpanKindServer)
+	if sc.IsSampled() || parent.IsValid() {
 		w.Header()[HeaderTraceID] = []string{sc.TraceID().String()}
 	}
-	return r.WithContext(ctx), span
+	if !record {
+		return r, nil, sc
+	}
+	// The parent goes on the context even when there is none (an empty
+	// one): the SDK and the sampler then find it at the first level,
+	// instead of walking net/http's whole context chain to miss it.
+	ctx := tracing.WithIDs(trace.ContextWithRemoteSpanContext(r.Context(), parent), sc)
+	ctx, span := t.tracer.Start(ctx, spanName, serverKind)
+	if route != "" {
+		span.SetName(r.Method + " " + route)
+		span.SetAttributes(attrRoute.String(route), attrUpstream.String(upstream))
+	} else {
+		span.SetName("HTTP " + r.Method)
+	}
+	span.SetAttributes(attrMethod.String(r.Method), attrPath.String(r.URL.Path), attrServer.String(r.Host))
+	return r.WithContext(ctx), span, sc
 }
 
-// endServer ends a server span with the status the client got.
+// endServer ends a server span with the status the client got. A nil
+// span (an unsampled request) is ignored.
 func endServer(span trace.Span, status int, failure string) {
-	if !span.IsRecording() {
-		span.End()
+	if span == nil {
 		return
 	}
 	if status != 0 {
@@ -114,11 +128,15 @@ func endServer(span trace.Span, status int, failure string) {
 }
 
 // startAttempt starts the client span of upstream attempt n (1 for the
-// first) to target when ctx carries a server span that records; it
-// returns ctx itself and nil otherwise. An unsampled request's attempts
-// get no span of their own: nothing would be exported, and the upstream
-// gets the server span's context (sampled flag off) instead.
-func startAttempt(ctx context.Context, method, target string, n int) (context.Context, trace.Span) {
+// first) to target when tc, the server span's context, is sampled: the
+// span is then the child of the server span ctx carries. It returns ctx
+// itself and nil otherwise: an unsampled request's attempts get no span
+// of their own, as nothing would be exported, and the upstream gets the
+// server span's context (sampled flag off) instead.
+func startAttempt(ctx context.Context, tc trace.SpanContext, method, target string, n int) (context.Context, trace.Span) {
+	if !tc.IsSampled() {
+		return ctx, nil
+	}
 	parent := trace.SpanFromContext(ctx)
 	if !parent.IsRecording() {
 		return ctx, nil
@@ -128,14 +146,13 @@ func startAttempt(ctx context.Context, method, target string, n int) (context.Co
 		trace.WithAttributes(attrMethod.String(method), attrServer.String(target), attrAttempt.Int(n)))
 }
 
-// injectAttempt writes the attempt's trace context on h, the upstream
+// inject writes sc, an attempt's trace context, on h, the upstream
 // request's header, replacing the client's. It writes what the W3C
 // propagator's Inject writes, formatted here in one buffer: it runs for
 // every request while tracing is on, sampled or not.
-func injectAttempt(ctx context.Context, h http.Header) {
+func inject(sc trace.SpanContext, h http.Header) {
 	delete(h, traceparent)
 	delete(h, tracestate)
-	sc := trace.SpanContextFromContext(ctx)
 	if !sc.IsValid() {
 		return
 	}

@@ -10,6 +10,8 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/meridian-gw/meridian/proto/tracing"
 )
 
 // TestInjectAttemptMatchesPropagator holds the hand-formatted traceparent
@@ -37,11 +39,11 @@ func TestInjectAttemptMatchesPropagator(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := base
 			cfg.TraceFlags, cfg.TraceState = tt.flags, tt.state
-			ctx := trace.ContextWithSpanContext(context.Background(), trace.NewSpanContext(cfg))
+			sc := trace.NewSpanContext(cfg)
 			want := http.Header{}
-			propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(want))
+			propagation.TraceContext{}.Inject(trace.ContextWithSpanContext(context.Background(), sc), propagation.HeaderCarrier(want))
 			got := http.Header{traceparent: {"stale"}, tracestate: {"stale=1"}}
-			injectAttempt(ctx, got)
+			inject(sc, got)
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("header %v, want the propagator's %v", got, want)
 			}
@@ -49,7 +51,7 @@ func TestInjectAttemptMatchesPropagator(t *testing.T) {
 	}
 	t.Run("no trace", func(t *testing.T) {
 		h := http.Header{traceparent: {"stale"}}
-		injectAttempt(context.Background(), h)
+		inject(trace.SpanContext{}, h)
 		if len(h) != 0 {
 			t.Errorf("header %v, want the client's context removed and none added", h)
 		}
@@ -60,16 +62,16 @@ func TestInjectAttemptMatchesPropagator(t *testing.T) {
 // not sampled: the server span's start and end, and the context written
 // for the upstream.
 func BenchmarkTraceUnsampled(b *testing.B) {
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0))))
+	tp := tracing.New(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0)))
 	defer tp.Shutdown(context.Background())
-	tr := tp.Tracer(tracerName)
+	tr := newTracer(tp)
 	w := httptest.NewRecorder()
 	req := httptest.NewRequest("GET", "http://gw.test/api/x", nil)
 	out := http.Header{}
 	b.ReportAllocs()
 	for b.Loop() {
-		r, span := startServer(tr, w, req, "r", "u")
-		injectAttempt(r.Context(), out)
+		_, span, sc := tr.startServer(w, req, "r", "u")
+		inject(sc, out)
 		endServer(span, 200, "")
 	}
 }

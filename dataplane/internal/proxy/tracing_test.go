@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,9 +16,11 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/meridian-gw/meridian/dataplane/internal/accesslog"
 	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
+	"github.com/meridian-gw/meridian/proto/tracing"
 )
 
 // tracedGateway serves spec (upstream "up" at target) through a handler
@@ -26,7 +29,7 @@ import (
 func tracedGateway(t *testing.T, spec *meridianv1.RouteSpec, target string) (http.Handler, *tracetest.InMemoryExporter) {
 	t.Helper()
 	exp := tracetest.NewInMemoryExporter()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp), sdktrace.WithSampler(sdktrace.AlwaysSample()))
+	tp := tracing.New(sdktrace.AlwaysSample(), sdktrace.WithSyncer(exp))
 	t.Cleanup(func() { tp.Shutdown(context.Background()) })
 	g := gateway.New(gateway.Options{Logger: discard()})
 	t.Cleanup(g.Close)
@@ -168,8 +171,6 @@ func TestTracingFailure(t *testing.T) {
 	}
 }
 
-// TestTracingOff checks that without a provider the client's trace
-// context passes through untouched and no trace id is returned.
 // TestTracingUnsampled: a request whose trace is not sampled exports no
 // span, and its upstream still gets the trace, continued with the
 // sampled flag off.
@@ -180,7 +181,7 @@ func TestTracingUnsampled(t *testing.T) {
 	}))
 	defer up.Close()
 	exp := tracetest.NewInMemoryExporter()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp), sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())))
+	tp := tracing.New(sdktrace.ParentBased(sdktrace.AlwaysSample()), sdktrace.WithSyncer(exp))
 	defer tp.Shutdown(context.Background())
 	g := gateway.New(gateway.Options{Logger: discard()})
 	defer g.Close()
@@ -206,6 +207,102 @@ func TestTracingUnsampled(t *testing.T) {
 	}
 }
 
+// TestTracingRatio samples by trace id ratio, as the data plane's
+// --trace-sample does, on both the lean path and ReverseProxy's (a query
+// with ';'). Every upstream request carries a trace context and every
+// access log line its trace id; the sampled ones are exactly those
+// exported, the upstream holding the attempt span's context, and the
+// others export nothing and carry the server span's context unsampled.
+func TestTracingRatio(t *testing.T) {
+	var (
+		mu       sync.Mutex
+		received = map[string]trace.SpanContext{} // by X-Request-Id
+	)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx := propagation.TraceContext{}.Extract(context.Background(), propagation.HeaderCarrier(r.Header))
+		mu.Lock()
+		received[r.Header.Get("X-Request-Id")] = trace.SpanContextFromContext(ctx)
+		mu.Unlock()
+	}))
+	defer up.Close()
+	exp := tracetest.NewInMemoryExporter()
+	tp := tracing.New(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0.5)), sdktrace.WithSyncer(exp))
+	defer tp.Shutdown(context.Background())
+	g := gateway.New(gateway.Options{Logger: discard()})
+	defer g.Close()
+	apply(t, g, 1, upstreamRes("up", addr(up)), routeRes("r", &meridianv1.RouteSpec{Upstream: "up", Match: match(prefix("/api"))}))
+	var out lines
+	h := g.Handler(proxy.HandlerConfig{TracerProvider: tp, AccessLog: accesslog.New(&out, 1)})
+
+	const n = 64
+	returned := map[string]string{} // X-Trace-Id by request id
+	for i := range n {
+		target := "http://gw.test/api/x"
+		if i%2 == 1 {
+			target += "?a;b" // ReverseProxy's path
+		}
+		req := httptest.NewRequest("GET", target, nil)
+		id := fmt.Sprintf("req-%d", i)
+		req.Header.Set("X-Request-Id", id)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != http.StatusOK {
+			t.Fatalf("%s: status %d", target, w.Code)
+		}
+		returned[id] = w.Header().Get(proxy.HeaderTraceID)
+	}
+
+	servers := map[trace.TraceID]tracetest.SpanStub{}
+	attempts := map[trace.SpanID]tracetest.SpanStub{}
+	for _, s := range exp.GetSpans() {
+		if s.SpanKind == trace.SpanKindServer {
+			servers[s.SpanContext.TraceID()] = s
+		} else {
+			attempts[s.SpanContext.SpanID()] = s
+		}
+	}
+	_, logged := out.parse(t)
+	if len(logged) != n {
+		t.Fatalf("%d access log lines, want %d", len(logged), n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	sampled := 0
+	for _, line := range logged {
+		id, _ := line["request_id"].(string)
+		sc, ok := received[id]
+		if !ok || !sc.IsValid() {
+			t.Errorf("%s: upstream got no trace context", id)
+			continue
+		}
+		if line["trace_id"] != sc.TraceID().String() {
+			t.Errorf("%s: logged trace %v, upstream got %s", id, line["trace_id"], sc.TraceID())
+		}
+		server, exported := servers[sc.TraceID()]
+		if !sc.IsSampled() {
+			if exported || returned[id] != "" {
+				t.Errorf("%s: unsampled, yet exported %v, %s %q", id, exported, proxy.HeaderTraceID, returned[id])
+			}
+			continue
+		}
+		sampled++
+		attempt, ok := attempts[sc.SpanID()]
+		if !exported || !ok {
+			t.Errorf("%s: sampled, but server span exported %v, attempt span %v", id, exported, ok)
+			continue
+		}
+		if attempt.Parent.SpanID() != server.SpanContext.SpanID() || returned[id] != sc.TraceID().String() {
+			t.Errorf("%s: attempt parent %s, want server span %s; %s %q", id, attempt.Parent.SpanID(), server.SpanContext.SpanID(), proxy.HeaderTraceID, returned[id])
+		}
+	}
+	if sampled == 0 || sampled == n || len(servers) != sampled || len(attempts) != sampled {
+		t.Errorf("%d of %d requests sampled, %d server and %d attempt spans exported; want some sampled, one of each per sampled request",
+			sampled, n, len(servers), len(attempts))
+	}
+}
+
+// TestTracingOff checks that without a provider the client's trace
+// context passes through untouched and no trace id is returned.
 func TestTracingOff(t *testing.T) {
 	var got atomic.Value
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -240,7 +337,7 @@ func BenchmarkProxyTraced(b *testing.B) {
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			srv := benchUpstream(b)
-			tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(bc.sampler), sdktrace.WithSyncer(tracetest.NewNoopExporter()))
+			tp := tracing.New(bc.sampler, sdktrace.WithSyncer(tracetest.NewNoopExporter()))
 			defer tp.Shutdown(context.Background())
 			g := gateway.New(gateway.Options{Logger: discard()})
 			defer g.Close()

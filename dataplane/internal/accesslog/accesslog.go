@@ -119,58 +119,63 @@ func (l *Logger) Log(rec *Record) {
 // line (long paths) is left to the garbage collector.
 const maxPooledLine = 16 << 10
 
-// appendLine appends rec's JSON object and a newline to b.
+// appendLine appends rec's JSON object and a newline to b. Each field's
+// key comes with its punctuation as one constant, so a field costs one
+// append before its value.
 func appendLine(b []byte, rec *Record) []byte {
 	b = append(b, `{"time":"`...)
 	b = rec.Time.UTC().AppendFormat(b, time.RFC3339Nano)
-	b = append(b, `","level":"INFO","msg":"`+Message+`"`...)
-	b = appendString(b, "request_id", bounded(rec.RequestID))
-	b = append(b, `,"trace_id":"`...)
+	b = append(b, `","level":"INFO","msg":"`+Message+`","request_id":"`...)
+	b = appendEscaped(b, bounded(rec.RequestID))
+	b = append(b, `","trace_id":"`...)
 	if rec.TraceID.IsValid() {
 		b = hex.AppendEncode(b, rec.TraceID[:])
 	}
-	b = append(b, '"')
-	b = appendString(b, "client_ip", rec.ClientIP)
-	b = appendString(b, "method", rec.Method)
-	b = appendString(b, "host", bounded(rec.Host))
-	b = appendString(b, "path", rec.Path)
-	b = appendString(b, "protocol", rec.Protocol)
-	b = appendString(b, "user_agent", bounded(rec.UserAgent))
-	b = appendString(b, "route", rec.Route)
-	b = appendString(b, "upstream", rec.Upstream)
-	b = appendString(b, "consumer", rec.Consumer)
-	b = appendInt(b, "status", int64(rec.Status))
-	b = appendInt(b, "duration_us", rec.Duration.Microseconds())
-	b = appendInt(b, "bytes_in", rec.BytesIn)
-	b = appendInt(b, "bytes_out", rec.BytesOut)
-	b = appendInt(b, "attempts", int64(rec.Attempts))
+	b = appendString(b, `","client_ip":"`, rec.ClientIP)
+	b = appendString(b, `","method":"`, rec.Method)
+	b = appendString(b, `","host":"`, bounded(rec.Host))
+	b = appendString(b, `","path":"`, rec.Path)
+	b = appendString(b, `","protocol":"`, rec.Protocol)
+	b = appendString(b, `","user_agent":"`, bounded(rec.UserAgent))
+	b = appendString(b, `","route":"`, rec.Route)
+	b = appendString(b, `","upstream":"`, rec.Upstream)
+	b = appendString(b, `","consumer":"`, rec.Consumer)
+	b = appendInt(b, `","status":`, int64(rec.Status))
+	b = appendInt(b, `,"duration_us":`, rec.Duration.Microseconds())
+	b = appendInt(b, `,"bytes_in":`, rec.BytesIn)
+	b = appendInt(b, `,"bytes_out":`, rec.BytesOut)
+	b = appendInt(b, `,"attempts":`, int64(rec.Attempts))
 	if rec.Attempts > 0 {
-		b = appendString(b, "upstream_target", rec.UpstreamTarget)
-		b = appendInt(b, "upstream_duration_us", rec.UpstreamDuration.Microseconds())
+		b = appendString(b, `,"upstream_target":"`, rec.UpstreamTarget)
+		b = appendInt(b, `","upstream_duration_us":`, rec.UpstreamDuration.Microseconds())
 	}
 	if rec.Error != "" {
-		b = appendString(b, "error", rec.Error)
+		b = appendString(b, `,"error":"`, rec.Error)
+		b = append(b, '"')
 	}
 	return append(b, "}\n"...)
 }
 
-// appendString appends ,"key":"v" with v escaped; keys are constants that
-// need no escaping.
+// appendString appends key, a constant that ends a field and opens the
+// next one up to its value's opening quote, then v escaped; the caller
+// (the next key) closes the quote.
 func appendString(b []byte, key, v string) []byte {
-	b = append(b, `,"`...)
-	b = append(b, key...)
-	b = append(b, `":"`...)
-	b = appendEscaped(b, v)
-	return append(b, '"')
+	return appendEscaped(append(b, key...), v)
 }
 
-// appendInt appends ,"key":v.
+// appendInt appends key, a constant as appendString's, then v.
 func appendInt(b []byte, key string, v int64) []byte {
-	b = append(b, `,"`...)
-	b = append(b, key...)
-	b = append(b, `":`...)
-	return strconv.AppendInt(b, v, 10)
+	return strconv.AppendInt(append(b, key...), v, 10)
 }
+
+// plain[c] reports whether byte c goes into a JSON string as it is: ASCII
+// but for control characters, the quote and the backslash.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
 
 const hexDigits = "0123456789abcdef"
 
@@ -183,11 +188,11 @@ func appendEscaped(b []byte, s string) []byte {
 	start := 0
 	for i := 0; i < len(s); {
 		c := s[i]
+		if plain[c] {
+			i++
+			continue
+		}
 		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
 			b = append(b, s[start:i]...)
 			switch c {
 			case '"', '\\':

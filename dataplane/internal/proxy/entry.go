@@ -129,8 +129,8 @@ func (e *Entry) dispatch(w http.ResponseWriter, r *http.Request, newID string) {
 // serves, to learn the final status and count the body bytes written;
 // with the access log or tracing on, the route also notes on it what it
 // learnt about the upstream and finds the trace context to pass on (see
-// recorderOf). Unwrap keeps
-// http.ResponseController (flush, deadlines) working through it. It is
+// recorderOf). Unwrap keeps http.ResponseController (flush, deadlines)
+// working through it. It is
 // pooled: nothing keeps it past the handler's return, as a transport may
 // keep a request (never a ResponseWriter).
 type meter struct {
@@ -188,8 +188,9 @@ func (m *meter) Unwrap() http.ResponseWriter { return m.ResponseWriter }
 
 // recorderOf returns the meter of the request w answers when the access
 // log records it or it is traced, so the route can note what it learnt
-// there; nil otherwise. Middleware wrapping the writer is seen through if it has an
-// Unwrap method, as http.ResponseController does.
+// there and find its trace context; nil otherwise. Middleware wrapping
+// the writer is seen through if it has an Unwrap method, as
+// http.ResponseController does.
 func recorderOf(w http.ResponseWriter) *meter {
 	for range 8 {
 		switch v := w.(type) {

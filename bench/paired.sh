@@ -6,13 +6,12 @@
 # neighbour then slows both alike, so the ratio of requests each serves
 # per CPU-second holds within about 1% from round to round, where
 # alternating runs (bench/proxies.sh) swing by 10% or more on a shared VM.
-# Sharing a core makes both pay for each other's cache misses, so the
-# cost of extra code reads higher here than when a data plane has a core
-# to itself: the ratio is a floor.
+# Sharing a core is not how a data plane runs, so read the ratio with
+# bench/proxies.sh's over many short rounds (docs/benchmarks.md,
+# "Observability overhead"); the two agreed within 1% on 2026-11-27.
 #
 # PAIR=aa runs the same configuration twice instead: the method's own
-# bias (the first-started process gets slightly more), to read the
-# obs ratio against.
+# bias, to read the obs ratio against.
 #
 # CPU layout as bench/proxies.sh: wrk, the upstream nginx and the OTLP
 # sink on CPU_LOAD (0), both data planes on CPU_PROXY (1).

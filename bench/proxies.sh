@@ -37,7 +37,17 @@
 #   to measure, space-separated, from: direct nginx haproxy caddy bareproxy
 #   meridian meridian-10k meridian-jwt meridian-rl meridian-resilience
 #   meridian-obs-off meridian-obs-on; default all of them;
-#   ratios are printed for the pairs measured).
+#   ratios are printed for the pairs measured; meridian-twin, the meridian
+#   target a second time, is there for PAIRED=1 TARGETS="meridian
+#   meridian-twin": the method's own bias), PAIRED (1: exactly two targets,
+#   measured at once instead of in turn, see below).
+#
+# PAIRED=1 loads the two targets at the same time, each with its own wrk,
+# so they share CPU_PROXY. On a shared VM, where one round of the same
+# binary varies by ±20%, the noise then hits both alike and the ratio of
+# their requests per CPU-second holds within about ±1% from round to round:
+# the way to see a difference of a few percent. (Sharing a core is not how
+# a proxy runs; docs/benchmarks.md compares the two methods.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -47,13 +57,18 @@ CONNECTIONS=${CONNECTIONS:-50}
 WARMUP=${WARMUP:-2s}
 ROUTES=${ROUTES:-10000}
 BUILD=${BUILD:-1}
+PAIRED=${PAIRED:-0}
 CPU_LOAD=${CPU_LOAD:-0}
 CPU_PROXY=${CPU_PROXY:-1}
 ALL_TARGETS="direct nginx haproxy caddy bareproxy meridian meridian-10k meridian-jwt meridian-rl meridian-resilience meridian-obs-off meridian-obs-on"
 read -r -a TARGETS <<<"${TARGETS:-$ALL_TARGETS}"
 for t in "${TARGETS[@]}"; do
-	case " $ALL_TARGETS " in *" $t "*) ;; *) echo "$0: TARGETS: unknown target $t (known: $ALL_TARGETS)" >&2; exit 2 ;; esac
+	case " $ALL_TARGETS meridian-twin " in *" $t "*) ;; *) echo "$0: TARGETS: unknown target $t (known: $ALL_TARGETS meridian-twin)" >&2; exit 2 ;; esac
 done
+if [ "$PAIRED" = 1 ] && [ ${#TARGETS[@]} != 2 ]; then
+	echo "$0: PAIRED=1 measures two targets at once; TARGETS has ${#TARGETS[@]}" >&2
+	exit 2
+fi
 # wanted TARGET: whether TARGET is measured in this run.
 wanted() { case " ${TARGETS[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
 # shellcheck source=bench/lib.sh
@@ -177,9 +192,9 @@ if wanted bareproxy; then
 fi
 
 meridian_config "$TMP/meridian.yaml"
-if wanted meridian; then
-	start_meridian meridian "$TMP/meridian.yaml" "$ROOT/bin/dataplane"
-fi
+for t in meridian meridian-twin; do
+	if wanted $t; then start_meridian $t "$TMP/meridian.yaml" "$ROOT/bin/dataplane"; fi
+done
 if wanted meridian-10k; then
 	meridian_config_routes "$TMP/meridian-10k.yaml" "$ROUTES"
 	start_meridian meridian-10k "$TMP/meridian-10k.yaml" "$ROOT/bin/dataplane"
@@ -304,6 +319,17 @@ done
 n=${#TARGETS[@]}
 for round in $(seq "$ROUNDS"); do
 	echo "== round $round/$ROUNDS (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+	if [ "$PAIRED" = 1 ]; then
+		# Both at once; wait names its jobs, as the servers are
+		# background jobs too.
+		measure "$round" "${TARGETS[0]}" >"$TMP/paired-0.txt" &
+		m0=$!
+		measure "$round" "${TARGETS[1]}" >"$TMP/paired-1.txt" &
+		m1=$!
+		wait "$m0" "$m1"
+		cat "$TMP/paired-0.txt" "$TMP/paired-1.txt"
+		continue
+	fi
 	for i in $(seq 0 $((n - 1))); do
 		measure "$round" "${TARGETS[$(((i + round - 1) % n))]}"
 	done
@@ -356,6 +382,16 @@ report "Meridian JWT RS256 / no auth >=0.9" meridian-jwt meridian 0.90
 report "Meridian global rate limit / none >=0.8" meridian-rl meridian 0.80
 report "Meridian breaker+retry / none >=0.95" meridian-resilience meridian 0.95
 report "Meridian observability on / off >=0.9" meridian-obs-on meridian-obs-off 0.90
+report "Meridian / itself (the method's bias)" meridian-twin meridian
+if [ "$PAIRED" = 1 ]; then
+	# Round by round: the ratio PAIRED=1 is for.
+	echo
+	echo "== ${TARGETS[1]} / ${TARGETS[0]}, req/CPU-s, round by round"
+	awk -F'\t' -v a="${TARGETS[1]}" -v b="${TARGETS[0]}" '$2 == a {x[$1] = $7} $2 == b {y[$1] = $7}
+		END {for (r in x) if (y[r] > 0) print x[r] / y[r]}' "$TMP/results.tsv" | sort -g |
+		awk '{v[NR] = $1; printf "%.3f ", $1} END {m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+			printf "\nmedian %.3f (min %.3f, max %.3f) over %d rounds\n", m, v[1], v[NR], NR}'
+fi
 if wanted meridian-obs-on; then
 	# Proof the observed target did its work: an access-log line per
 	# request and spans delivered to the sink.

@@ -32,7 +32,8 @@ import (
 // variables (headers, TLS, timeout) and the batch processor OTEL_BSP_*
 // themselves. sample, when 0 to 1, samples new traces at that ratio and
 // follows the parent's decision otherwise; when negative the sampler is
-// OTEL_TRACES_SAMPLER's (and _ARG), parentbased_always_on by default.
+// OTEL_TRACES_SAMPLER's (and _ARG), parentbased_always_on by default; one
+// it does not know is an error.
 // serviceName is the default service.name of the spans; OTEL_SERVICE_NAME
 // and OTEL_RESOURCE_ATTRIBUTES override it. The caller owns the provider
 // and shuts it down, which flushes it.
@@ -111,7 +112,7 @@ func samplerFromEnv(lookupEnv func(string) (string, bool)) (sdktrace.Sampler, er
 	case "traceidratio":
 		return ratio()
 	}
-	return nil, fmt.Errorf("OTEL_TRACES_SAMPLER %q: want always_on, always_off, traceidratio or parentbased_ one of them", name)
+	return nil, fmt.Errorf("OTEL_TRACES_SAMPLER %q: want always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio", name)
 }
 
 func nonEmpty(lookupEnv func(string) (string, bool), name string) bool {

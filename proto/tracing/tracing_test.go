@@ -28,16 +28,9 @@ func TestNewProvider(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			lookup := func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok }
-			tp, err := NewProvider(context.Background(), "test", lookup, 0.5)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tt.wantErr)
-				}
+			tp, err := NewProvider(context.Background(), "test", lookupIn(tt.env), 0.5)
+			if wantedErr(t, err, tt.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if (tp != nil) != tt.wantOn {
 				t.Fatalf("provider %v, want on = %v", tp, tt.wantOn)
@@ -72,16 +65,9 @@ func TestSamplerFromEnv(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.sampler+"/"+tt.arg, func(t *testing.T) {
-			env := map[string]string{"OTEL_TRACES_SAMPLER": tt.sampler, "OTEL_TRACES_SAMPLER_ARG": tt.arg}
-			s, err := samplerFromEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tt.wantErr)
-				}
+			s, err := samplerFromEnv(lookupIn(map[string]string{"OTEL_TRACES_SAMPLER": tt.sampler, "OTEL_TRACES_SAMPLER_ARG": tt.arg}))
+			if wantedErr(t, err, tt.wantErr) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if got := s.Description(); got != tt.want {
 				t.Errorf("sampler %s, want %s", got, tt.want)
@@ -171,4 +157,25 @@ func TestWithIDsOnce(t *testing.T) {
 	if got := again.SpanContext(); got.TraceID() == want.TraceID() || got.SpanID() == want.SpanID() {
 		t.Errorf("second span under the context got the used IDs %s/%s", got.TraceID(), got.SpanID())
 	}
+}
+
+// lookupIn is a lookupEnv reading env.
+func lookupIn(env map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+}
+
+// wantedErr fails t unless err is nil when want is "", or contains want;
+// it reports whether an error was wanted, and so the case is done.
+func wantedErr(t *testing.T, err error, want string) bool {
+	t.Helper()
+	if want == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return false
+	}
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("err = %v, want %q", err, want)
+	}
+	return true
 }

@@ -333,8 +333,12 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 	var res *http.Response
 	var err error
 	var f failure
+	// The attempt's client span, while it is open: a failed attempt's ends
+	// at once, an answered one's when its body is done with (relayed, or
+	// dropped for a retry), as on the ReverseProxy path.
+	var span trace.Span
 	for n := 0; ; n++ {
-		var span trace.Span
+		span = nil
 		if tc.IsValid() {
 			out, span = tracedAttempt(out, tc, a.target.Address(), n)
 		}
@@ -351,12 +355,12 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 		if err != nil {
 			f = classify(out, err)
 			endAttempt(span, 0, f.kind.label())
+			span = nil
 			o = f.poolOutcome(err, latency)
 			a.recordFailure(f, latency)
 			rt.metrics.AttemptFailed(f.kind.outcome())
 			retry = p.retry && n < rt.retry.attempts && rt.retry.retryFailure(f)
 		} else {
-			endAttempt(span, res.StatusCode, "")
 			o = upstream.Outcome{Status: res.StatusCode, Latency: latency}
 			a.recordStatus(res.StatusCode, latency)
 			rt.metrics.AttemptResponse(res.StatusCode, latency)
@@ -372,7 +376,8 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 			// held response can no longer be read.
 			if res != nil {
 				res.Body.Close()
-				res = nil
+				endAttempt(span, res.StatusCode, "")
+				span, res = nil, nil
 			}
 			err = cause
 			f = classify(out, err)
@@ -388,6 +393,7 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 				slog.Int("status", f.status), slog.String("error", err.Error()))
 		} else {
 			res.Body.Close()
+			endAttempt(span, res.StatusCode, "")
 		}
 		rt.pool.Done(a.target, o)
 		a, start = next, nextStart
@@ -402,6 +408,10 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 		return
 	}
 
+	bodyFailure := ""
+	if span != nil {
+		defer func() { endAttempt(span, res.StatusCode, bodyFailure) }()
+	}
 	dst := w.Header()
 	if ids != nil {
 		dst[headerRequestID] = ids
@@ -420,6 +430,7 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 
 	if err := rt.copyBody(w, res, r); err != nil {
 		p.rec.fail(errResponseAborted)
+		bodyFailure = errResponseAborted
 		defer res.Body.Close()
 		// A response cut midway must not look complete to the client:
 		// abort the connection (or stream), as ReverseProxy does, when

@@ -296,6 +296,7 @@ func (rt *Route) serve(w http.ResponseWriter, r *http.Request, newID string) {
 	x := exchanges.Get().(*exchange)
 	x.ResponseWriter = w
 	x.ids = w.Header()[headerRequestID]
+	x.traced = w.Header()[HeaderTraceID]
 	x.start = p.start
 	if x.start.IsZero() {
 		x.start = time.Now()
@@ -395,6 +396,7 @@ func longLived(r *http.Request) bool {
 type exchange struct {
 	http.ResponseWriter
 	ids     []string // the response's X-Request-Id
+	traced  []string // the response's X-Trace-Id
 	start   time.Time
 	latency time.Duration
 	status  int
@@ -423,9 +425,13 @@ func (x *exchange) WriteHeader(code int) {
 		x.status = code
 		x.latency = time.Since(x.start)
 		x.recordStatus()
-		if h := x.Header(); x.ids != nil && h[headerRequestID] == nil {
-			// ReverseProxy clears the header map after relaying a 1xx.
+		// ReverseProxy clears the header map after relaying a 1xx.
+		h := x.Header()
+		if x.ids != nil && h[headerRequestID] == nil {
 			h[headerRequestID] = x.ids
+		}
+		if x.traced != nil && h[HeaderTraceID] == nil {
+			h[HeaderTraceID] = x.traced
 		}
 	}
 	x.ResponseWriter.WriteHeader(code)

@@ -172,20 +172,22 @@ func inject(sc trace.SpanContext, h http.Header) {
 	}
 }
 
-// endAttempt ends an attempt span with the upstream's status, or with
-// failure when it did not answer. A nil span is ignored.
+// endAttempt ends an attempt span with the upstream's status (0: none
+// came) and failure, why the exchange failed or broke ("": it did not). A
+// nil span is ignored.
 func endAttempt(span trace.Span, status int, failure string) {
 	if span == nil {
 		return
 	}
-	if failure != "" {
+	if status != 0 {
+		span.SetAttributes(attrStatus.Int(status))
+	}
+	switch {
+	case failure != "":
 		span.SetAttributes(attrError.String(failure))
 		span.SetStatus(codes.Error, failure)
-	} else {
-		span.SetAttributes(attrStatus.Int(status))
-		if status >= 500 {
-			span.SetStatus(codes.Error, strconv.Itoa(status))
-		}
+	case status >= 500:
+		span.SetStatus(codes.Error, strconv.Itoa(status))
 	}
 	span.End()
 }

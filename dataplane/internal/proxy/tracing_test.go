@@ -3,12 +3,14 @@ package proxy_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/propagation"
@@ -298,6 +300,84 @@ func TestTracingRatio(t *testing.T) {
 	if sampled == 0 || sampled == n || len(servers) != sampled || len(attempts) != sampled {
 		t.Errorf("%d of %d requests sampled, %d server and %d attempt spans exported; want some sampled, one of each per sampled request",
 			sampled, n, len(servers), len(attempts))
+	}
+}
+
+// TestTracingTraceIDAfter1xx: net/http clears the response header map
+// once a 1xx is relayed, and the trace id must still reach the client on
+// the final response, on the lean path and on ReverseProxy's (a query
+// with ';').
+func TestTracingTraceIDAfter1xx(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</app.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Write([]byte("final"))
+	}))
+	defer up.Close()
+	h, exp := tracedGateway(t, &meridianv1.RouteSpec{}, addr(up))
+	front := httptest.NewServer(h)
+	defer front.Close()
+	for _, target := range []string{"/api/x", "/api/x?a;b"} {
+		exp.Reset()
+		resp, err := http.Get(front.URL + target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		var server trace.TraceID
+		for _, s := range exp.GetSpans() {
+			if s.SpanKind == trace.SpanKindServer {
+				server = s.SpanContext.TraceID()
+			}
+		}
+		if got := resp.Header.Get(proxy.HeaderTraceID); resp.StatusCode != http.StatusOK || got == "" || got != server.String() {
+			t.Errorf("%s: status %d, %s %q, want the server span's trace %s", target, resp.StatusCode, proxy.HeaderTraceID, got, server)
+		}
+	}
+}
+
+// TestTracingAttemptEndsWithBody: an attempt's span lasts until the
+// upstream's body has been relayed, not just its header, on both paths.
+func TestTracingAttemptEndsWithBody(t *testing.T) {
+	var mu sync.Mutex
+	var lastWrite time.Time
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "head ")
+		http.NewResponseController(w).Flush()
+		time.Sleep(20 * time.Millisecond) // the header is well on its way
+		mu.Lock()
+		lastWrite = time.Now()
+		mu.Unlock()
+		io.WriteString(w, "tail")
+	}))
+	defer up.Close()
+	h, exp := tracedGateway(t, &meridianv1.RouteSpec{}, addr(up))
+	for _, target := range []string{"/api/x", "/api/x?a;b"} {
+		exp.Reset()
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest("GET", "http://gw.test"+target, nil))
+		if w.Body.String() != "head tail" {
+			t.Fatalf("%s: body %q", target, w.Body)
+		}
+		mu.Lock()
+		written := lastWrite
+		mu.Unlock()
+		var attempts int
+		for _, s := range exp.GetSpans() {
+			if s.SpanKind != trace.SpanKindClient {
+				continue
+			}
+			attempts++
+			if !s.EndTime.After(written) {
+				t.Errorf("%s: attempt span ended at %v, before the upstream wrote its last bytes at %v", target, s.EndTime, written)
+			}
+			if got := attr(s, "http.response.status_code").AsInt64(); got != 200 {
+				t.Errorf("%s: attempt status %d", target, got)
+			}
+		}
+		if attempts != 1 {
+			t.Errorf("%s: %d attempt spans", target, attempts)
+		}
 	}
 }
 

@@ -86,8 +86,10 @@ func (e *Entry) serve(w http.ResponseWriter, r *http.Request, newID string, al *
 	// panic (http.ErrAbortHandler), which must not leave the request in
 	// flight, nor unlogged.
 	defer func() {
-		now := time.Now()
-		d := now.Sub(start)
+		// One clock read, the monotonic one: the end's wall time is the
+		// start's plus the duration.
+		d := time.Since(start)
+		now := start.Add(d)
 		rm.End(r.Method, m.status, m.written, d)
 		if al != nil {
 			if !completed && m.failure == "" {

@@ -32,14 +32,14 @@ func New(sampler sdktrace.Sampler, opts ...sdktrace.TracerProviderOption) *Provi
 // Decide takes the sampling decision the SDK takes when it starts a span
 // named name of kind under parent, a remote span context (invalid for a
 // new trace; its flags are then ignored), and returns the new span's
-// context. When record is false
-// that context is all there is: the SDK would return a span that records
-// nothing and carries it, so the caller can skip starting one. When
-// record is true the caller starts the span under WithIDs(ctx, sc), and
-// the SDK, asking the same sampler about the same trace id, records it
-// with sc's IDs. (The samplers the OTEL_ variables name decide on the
-// parent and the trace id alone; a sampler that decided otherwise would
-// be asked twice, and the second answer would win.)
+// context. When record is false that context is all there is: the SDK
+// would return a span that records nothing and carries it, so the caller
+// can skip starting one. When record is true the caller starts the span
+// under WithIDs(ctx, sc), and the SDK, asking the same sampler about the
+// same trace id, records it with sc's IDs. (The samplers the OTEL_
+// variables name decide on the parent and the trace id alone; a sampler
+// that decided otherwise would be asked twice, and the second answer
+// would win.)
 func (p *Provider) Decide(parent trace.SpanContext, name string, kind trace.SpanKind) (sc trace.SpanContext, record bool) {
 	ctx := context.Background()
 	var tid trace.TraceID

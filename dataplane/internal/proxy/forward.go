@@ -313,9 +313,10 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 	rt.request.apply(h)
 	out.Header = h
 
-	// A traced request's upstream receives its trace context: a sampled
-	// one's each attempt's client span's. A 1xx response clears the
-	// client's header map, so the trace id header is put back after.
+	// A traced request's upstream receives its trace context (for a
+	// sampled trace, the context of each attempt's client span). A 1xx
+	// response clears the client's header map, so the trace id header is
+	// put back after.
 	tc := p.rec.traceContext()
 	var traceIDs []string
 	if tc.IsValid() {
@@ -516,10 +517,11 @@ func retryRequest(ctx context.Context, prev *http.Request, w http.ResponseWriter
 	return out, hints
 }
 
-// tracedAttempt passes tc, the server span's context, to the upstream
-// in attempt n (0 for the first) to target: when tc is sampled in the
-// context of a client span of the attempt's own, which it returns with
-// out carrying it. A retry's header map is shared with the earlier
+// tracedAttempt puts the trace context on the upstream request of
+// attempt n (0 for the first) to target. When tc, the server span's
+// context, is sampled, that is the context of a new client span for the
+// attempt, returned with out carrying it; otherwise it is tc itself, and
+// the span is nil. A retry's header map is shared with the earlier
 // attempts' (a transport may still read those), so it gets a copy of its
 // own.
 func tracedAttempt(out *http.Request, tc trace.SpanContext, target string, n int) (*http.Request, trace.Span) {

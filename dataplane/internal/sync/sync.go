@@ -223,10 +223,13 @@ func (c *Client) session(ctx context.Context, addr string) (healthy bool, err er
 
 	version, hash := c.cfg.Applier.Applied()
 	hello := &meridianv1.StreamSnapshotsRequest{Node: c.cfg.Node, Version: version, Hash: hash}
+	// Connected before the hello goes: once the control plane has it,
+	// this data plane reports the stream open.
+	c.connected.Store(&addr)
 	if err := stream.Send(hello); err != nil {
+		c.connected.Store(nil)
 		return false, fmt.Errorf("send hello: %w", recvErr(stream, err))
 	}
-	c.connected.Store(&addr)
 	defer func() {
 		c.lastOpen.Store(time.Now().UnixNano())
 		c.connected.Store(nil)

@@ -9,6 +9,7 @@ package meridianv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -217,7 +218,9 @@ type ApplyRequest struct {
 	// Delete every stored resource not in resources.
 	Prune   bool   `protobuf:"varint,3,opt,name=prune,proto3" json:"prune,omitempty"`
 	Message string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
-	// Who applies; replaced by the token's principal when tokens are on.
+	// Who applies, as the client sees it. Only an --insecure control plane
+	// records it (marked unauthenticated); otherwise the author is the
+	// authenticated principal.
 	Author string `protobuf:"bytes,5,opt,name=author,proto3" json:"author,omitempty"`
 	// When non-zero, fail with ABORTED if any resource this apply touches
 	// changed after this version (optimistic concurrency).
@@ -1369,11 +1372,704 @@ func (x *ListDataplanesResponse) GetCurrentVersion() uint64 {
 	return 0
 }
 
+// RevokeDataplaneRequest names the data plane to cut off.
+type RevokeDataplaneRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeDataplaneRequest) Reset() {
+	*x = RevokeDataplaneRequest{}
+	mi := &file_meridian_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeDataplaneRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeDataplaneRequest) ProtoMessage() {}
+
+func (x *RevokeDataplaneRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeDataplaneRequest.ProtoReflect.Descriptor instead.
+func (*RevokeDataplaneRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RevokeDataplaneRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// RevokeDataplaneResponse says until when its certificates are refused.
+type RevokeDataplaneResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RefusedUntil  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=refused_until,json=refusedUntil,proto3" json:"refused_until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeDataplaneResponse) Reset() {
+	*x = RevokeDataplaneResponse{}
+	mi := &file_meridian_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeDataplaneResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeDataplaneResponse) ProtoMessage() {}
+
+func (x *RevokeDataplaneResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeDataplaneResponse.ProtoReflect.Descriptor instead.
+func (*RevokeDataplaneResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RevokeDataplaneResponse) GetRefusedUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RefusedUntil
+	}
+	return nil
+}
+
+// JoinToken describes a join token; the secret is never part of it.
+type JoinToken struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Public part of the token, used to list and revoke it.
+	Id        string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	CreatedBy string                 `protobuf:"bytes,3,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// Unset: never expires.
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// How many enrolments it allows (0 = any number).
+	MaxUses uint32 `protobuf:"varint,5,opt,name=max_uses,json=maxUses,proto3" json:"max_uses,omitempty"`
+	Uses    uint32 `protobuf:"varint,6,opt,name=uses,proto3" json:"uses,omitempty"`
+	// Labels every data plane enrolled with it carries; they win over the
+	// labels a data plane reports for itself.
+	Labels        map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinToken) Reset() {
+	*x = JoinToken{}
+	mi := &file_meridian_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinToken) ProtoMessage() {}
+
+func (x *JoinToken) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinToken.ProtoReflect.Descriptor instead.
+func (*JoinToken) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *JoinToken) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *JoinToken) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *JoinToken) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *JoinToken) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *JoinToken) GetMaxUses() uint32 {
+	if x != nil {
+		return x.MaxUses
+	}
+	return 0
+}
+
+func (x *JoinToken) GetUses() uint32 {
+	if x != nil {
+		return x.Uses
+	}
+	return 0
+}
+
+func (x *JoinToken) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+// CreateJoinTokenRequest sets a new token's limits.
+type CreateJoinTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unset or zero: the control plane's default (1h).
+	Ttl           *durationpb.Duration `protobuf:"bytes,1,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	MaxUses       uint32               `protobuf:"varint,2,opt,name=max_uses,json=maxUses,proto3" json:"max_uses,omitempty"`
+	Labels        map[string]string    `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateJoinTokenRequest) Reset() {
+	*x = CreateJoinTokenRequest{}
+	mi := &file_meridian_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateJoinTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateJoinTokenRequest) ProtoMessage() {}
+
+func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
+func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *CreateJoinTokenRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *CreateJoinTokenRequest) GetMaxUses() uint32 {
+	if x != nil {
+		return x.MaxUses
+	}
+	return 0
+}
+
+func (x *CreateJoinTokenRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+// CreateJoinTokenResponse carries the token, shown once.
+type CreateJoinTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "<id>.<secret>.<pin>": the pin is the SHA-256 of the control plane
+	// CA's public key, which the data plane verifies before sending it.
+	Token         string     `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Info          *JoinToken `protobuf:"bytes,2,opt,name=info,proto3" json:"info,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateJoinTokenResponse) Reset() {
+	*x = CreateJoinTokenResponse{}
+	mi := &file_meridian_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateJoinTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateJoinTokenResponse) ProtoMessage() {}
+
+func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
+func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *CreateJoinTokenResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreateJoinTokenResponse) GetInfo() *JoinToken {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+// ListJoinTokensRequest has no fields yet.
+type ListJoinTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJoinTokensRequest) Reset() {
+	*x = ListJoinTokensRequest{}
+	mi := &file_meridian_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJoinTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJoinTokensRequest) ProtoMessage() {}
+
+func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJoinTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListJoinTokensRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+// ListJoinTokensResponse lists tokens sorted by creation time.
+type ListJoinTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*JoinToken           `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJoinTokensResponse) Reset() {
+	*x = ListJoinTokensResponse{}
+	mi := &file_meridian_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJoinTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJoinTokensResponse) ProtoMessage() {}
+
+func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJoinTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListJoinTokensResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListJoinTokensResponse) GetTokens() []*JoinToken {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+// RevokeJoinTokenRequest names the token by its id.
+type RevokeJoinTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeJoinTokenRequest) Reset() {
+	*x = RevokeJoinTokenRequest{}
+	mi := &file_meridian_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeJoinTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeJoinTokenRequest) ProtoMessage() {}
+
+func (x *RevokeJoinTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeJoinTokenRequest.ProtoReflect.Descriptor instead.
+func (*RevokeJoinTokenRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RevokeJoinTokenRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// RevokeJoinTokenResponse has no fields yet.
+type RevokeJoinTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeJoinTokenResponse) Reset() {
+	*x = RevokeJoinTokenResponse{}
+	mi := &file_meridian_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeJoinTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeJoinTokenResponse) ProtoMessage() {}
+
+func (x *RevokeJoinTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeJoinTokenResponse.ProtoReflect.Descriptor instead.
+func (*RevokeJoinTokenResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+// AuditRecord is one admin call that changed something or was denied.
+type AuditRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Time  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	// The authenticated principal ("" when authentication failed).
+	Principal string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
+	Role      string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	// Full gRPC method, e.g. /meridian.v1.AdminService/Apply.
+	Method string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
+	// What the call acted on, e.g. "Route/get-user" or "dataplane dp-1".
+	Target string `protobuf:"bytes,5,opt,name=target,proto3" json:"target,omitempty"`
+	// "ok", "denied" or the gRPC code of the failure.
+	Outcome string `protobuf:"bytes,6,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	// Configuration version the call produced, when it made one.
+	Version     uint64 `protobuf:"varint,7,opt,name=version,proto3" json:"version,omitempty"`
+	PeerAddress string `protobuf:"bytes,8,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
+	// Why the call was denied or failed.
+	Message string `protobuf:"bytes,9,opt,name=message,proto3" json:"message,omitempty"`
+	// Replica that served the call.
+	Controlplane  string `protobuf:"bytes,10,opt,name=controlplane,proto3" json:"controlplane,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditRecord) Reset() {
+	*x = AuditRecord{}
+	mi := &file_meridian_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditRecord) ProtoMessage() {}
+
+func (x *AuditRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
+func (*AuditRecord) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *AuditRecord) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AuditRecord) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetPeerAddress() string {
+	if x != nil {
+		return x.PeerAddress
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetControlplane() string {
+	if x != nil {
+		return x.Controlplane
+	}
+	return ""
+}
+
+// ListAuditRequest narrows the records returned.
+type ListAuditRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only records at or after this time; unset = all kept.
+	Since *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=since,proto3" json:"since,omitempty"`
+	// At most this many, the newest (0 = all).
+	Limit         uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditRequest) Reset() {
+	*x = ListAuditRequest{}
+	mi := &file_meridian_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditRequest) ProtoMessage() {}
+
+func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListAuditRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ListAuditRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// ListAuditResponse lists records oldest first.
+type ListAuditResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Records       []*AuditRecord         `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditResponse) Reset() {
+	*x = ListAuditResponse{}
+	mi := &file_meridian_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditResponse) ProtoMessage() {}
+
+func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ListAuditResponse) GetRecords() []*AuditRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
 var File_meridian_v1_admin_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x17meridian/v1/admin.proto\x12\vmeridian.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bmeridian/v1/discovery.proto\x1a\x1bmeridian/v1/resources.proto\"w\n" +
+	"\x17meridian/v1/admin.proto\x12\vmeridian.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bmeridian/v1/discovery.proto\x1a\x1bmeridian/v1/resources.proto\"w\n" +
 	"\x06Change\x121\n" +
 	"\x06action\x18\x01 \x01(\x0e2\x19.meridian.v1.ChangeActionR\x06action\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
@@ -1457,7 +2153,58 @@ const file_meridian_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"dataplanes\x18\x01 \x03(\v2\x1c.meridian.v1.DataplaneStatusR\n" +
 	"dataplanes\x12'\n" +
-	"\x0fcurrent_version\x18\x02 \x01(\x04R\x0ecurrentVersion*\x98\x01\n" +
+	"\x0fcurrent_version\x18\x02 \x01(\x04R\x0ecurrentVersion\"(\n" +
+	"\x16RevokeDataplaneRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"Z\n" +
+	"\x17RevokeDataplaneResponse\x12?\n" +
+	"\rrefused_until\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\frefusedUntil\"\xd6\x02\n" +
+	"\tJoinToken\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x129\n" +
+	"\n" +
+	"created_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x03 \x01(\tR\tcreatedBy\x129\n" +
+	"\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x19\n" +
+	"\bmax_uses\x18\x05 \x01(\rR\amaxUses\x12\x12\n" +
+	"\x04uses\x18\x06 \x01(\rR\x04uses\x12:\n" +
+	"\x06labels\x18\a \x03(\v2\".meridian.v1.JoinToken.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe4\x01\n" +
+	"\x16CreateJoinTokenRequest\x12+\n" +
+	"\x03ttl\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x19\n" +
+	"\bmax_uses\x18\x02 \x01(\rR\amaxUses\x12G\n" +
+	"\x06labels\x18\x03 \x03(\v2/.meridian.v1.CreateJoinTokenRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"[\n" +
+	"\x17CreateJoinTokenResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12*\n" +
+	"\x04info\x18\x02 \x01(\v2\x16.meridian.v1.JoinTokenR\x04info\"\x17\n" +
+	"\x15ListJoinTokensRequest\"H\n" +
+	"\x16ListJoinTokensResponse\x12.\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x16.meridian.v1.JoinTokenR\x06tokens\"(\n" +
+	"\x16RevokeJoinTokenRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x19\n" +
+	"\x17RevokeJoinTokenResponse\"\xb4\x02\n" +
+	"\vAuditRecord\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1c\n" +
+	"\tprincipal\x18\x02 \x01(\tR\tprincipal\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\x12\x16\n" +
+	"\x06target\x18\x05 \x01(\tR\x06target\x12\x18\n" +
+	"\aoutcome\x18\x06 \x01(\tR\aoutcome\x12\x18\n" +
+	"\aversion\x18\a \x01(\x04R\aversion\x12!\n" +
+	"\fpeer_address\x18\b \x01(\tR\vpeerAddress\x12\x18\n" +
+	"\amessage\x18\t \x01(\tR\amessage\x12\"\n" +
+	"\fcontrolplane\x18\n" +
+	" \x01(\tR\fcontrolplane\"Z\n" +
+	"\x10ListAuditRequest\x120\n" +
+	"\x05since\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"G\n" +
+	"\x11ListAuditResponse\x122\n" +
+	"\arecords\x18\x01 \x03(\v2\x18.meridian.v1.AuditRecordR\arecords*\x98\x01\n" +
 	"\fChangeAction\x12\x1d\n" +
 	"\x19CHANGE_ACTION_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CHANGE_ACTION_CREATE\x10\x01\x12\x18\n" +
@@ -1469,7 +2216,7 @@ const file_meridian_v1_admin_proto_rawDesc = "" +
 	"\x16DATAPLANE_STATE_SYNCED\x10\x01\x12\x19\n" +
 	"\x15DATAPLANE_STATE_STALE\x10\x02\x12\x1a\n" +
 	"\x16DATAPLANE_STATE_NACKED\x10\x03\x12 \n" +
-	"\x1cDATAPLANE_STATE_DISCONNECTED\x10\x042\xaf\x04\n" +
+	"\x1cDATAPLANE_STATE_DISCONNECTED\x10\x042\xf0\a\n" +
 	"\fAdminService\x12>\n" +
 	"\x05Apply\x12\x19.meridian.v1.ApplyRequest\x1a\x1a.meridian.v1.ApplyResponse\x12;\n" +
 	"\x04Diff\x12\x18.meridian.v1.DiffRequest\x1a\x19.meridian.v1.DiffResponse\x128\n" +
@@ -1478,7 +2225,12 @@ const file_meridian_v1_admin_proto_rawDesc = "" +
 	"\x06Delete\x12\x1a.meridian.v1.DeleteRequest\x1a\x1b.meridian.v1.DeleteResponse\x12D\n" +
 	"\aHistory\x12\x1b.meridian.v1.HistoryRequest\x1a\x1c.meridian.v1.HistoryResponse\x12G\n" +
 	"\bRollback\x12\x1c.meridian.v1.RollbackRequest\x1a\x1d.meridian.v1.RollbackResponse\x12Y\n" +
-	"\x0eListDataplanes\x12\".meridian.v1.ListDataplanesRequest\x1a#.meridian.v1.ListDataplanesResponseB>Z<github.com/meridian-gw/meridian/proto/meridian/v1;meridianv1b\x06proto3"
+	"\x0eListDataplanes\x12\".meridian.v1.ListDataplanesRequest\x1a#.meridian.v1.ListDataplanesResponse\x12\\\n" +
+	"\x0fRevokeDataplane\x12#.meridian.v1.RevokeDataplaneRequest\x1a$.meridian.v1.RevokeDataplaneResponse\x12\\\n" +
+	"\x0fCreateJoinToken\x12#.meridian.v1.CreateJoinTokenRequest\x1a$.meridian.v1.CreateJoinTokenResponse\x12Y\n" +
+	"\x0eListJoinTokens\x12\".meridian.v1.ListJoinTokensRequest\x1a#.meridian.v1.ListJoinTokensResponse\x12\\\n" +
+	"\x0fRevokeJoinToken\x12#.meridian.v1.RevokeJoinTokenRequest\x1a$.meridian.v1.RevokeJoinTokenResponse\x12J\n" +
+	"\tListAudit\x12\x1d.meridian.v1.ListAuditRequest\x1a\x1e.meridian.v1.ListAuditResponseB>Z<github.com/meridian-gw/meridian/proto/meridian/v1;meridianv1b\x06proto3"
 
 var (
 	file_meridian_v1_admin_proto_rawDescOnce sync.Once
@@ -1493,76 +2245,112 @@ func file_meridian_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_meridian_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_meridian_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_meridian_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_meridian_v1_admin_proto_goTypes = []any{
-	(ChangeAction)(0),              // 0: meridian.v1.ChangeAction
-	(DataplaneState)(0),            // 1: meridian.v1.DataplaneState
-	(*Change)(nil),                 // 2: meridian.v1.Change
-	(*ApplyRequest)(nil),           // 3: meridian.v1.ApplyRequest
-	(*ApplyResponse)(nil),          // 4: meridian.v1.ApplyResponse
-	(*DiffRequest)(nil),            // 5: meridian.v1.DiffRequest
-	(*DiffResponse)(nil),           // 6: meridian.v1.DiffResponse
-	(*GetRequest)(nil),             // 7: meridian.v1.GetRequest
-	(*GetResponse)(nil),            // 8: meridian.v1.GetResponse
-	(*ListRequest)(nil),            // 9: meridian.v1.ListRequest
-	(*ListResponse)(nil),           // 10: meridian.v1.ListResponse
-	(*DeleteRequest)(nil),          // 11: meridian.v1.DeleteRequest
-	(*DeleteResponse)(nil),         // 12: meridian.v1.DeleteResponse
-	(*HistoryRequest)(nil),         // 13: meridian.v1.HistoryRequest
-	(*HistoryEntry)(nil),           // 14: meridian.v1.HistoryEntry
-	(*HistoryResponse)(nil),        // 15: meridian.v1.HistoryResponse
-	(*RollbackRequest)(nil),        // 16: meridian.v1.RollbackRequest
-	(*RollbackResponse)(nil),       // 17: meridian.v1.RollbackResponse
-	(*ListDataplanesRequest)(nil),  // 18: meridian.v1.ListDataplanesRequest
-	(*Nack)(nil),                   // 19: meridian.v1.Nack
-	(*DataplaneStatus)(nil),        // 20: meridian.v1.DataplaneStatus
-	(*ListDataplanesResponse)(nil), // 21: meridian.v1.ListDataplanesResponse
-	(*Resource)(nil),               // 22: meridian.v1.Resource
-	(*timestamppb.Timestamp)(nil),  // 23: google.protobuf.Timestamp
-	(*ConfigError)(nil),            // 24: meridian.v1.ConfigError
-	(*Node)(nil),                   // 25: meridian.v1.Node
+	(ChangeAction)(0),               // 0: meridian.v1.ChangeAction
+	(DataplaneState)(0),             // 1: meridian.v1.DataplaneState
+	(*Change)(nil),                  // 2: meridian.v1.Change
+	(*ApplyRequest)(nil),            // 3: meridian.v1.ApplyRequest
+	(*ApplyResponse)(nil),           // 4: meridian.v1.ApplyResponse
+	(*DiffRequest)(nil),             // 5: meridian.v1.DiffRequest
+	(*DiffResponse)(nil),            // 6: meridian.v1.DiffResponse
+	(*GetRequest)(nil),              // 7: meridian.v1.GetRequest
+	(*GetResponse)(nil),             // 8: meridian.v1.GetResponse
+	(*ListRequest)(nil),             // 9: meridian.v1.ListRequest
+	(*ListResponse)(nil),            // 10: meridian.v1.ListResponse
+	(*DeleteRequest)(nil),           // 11: meridian.v1.DeleteRequest
+	(*DeleteResponse)(nil),          // 12: meridian.v1.DeleteResponse
+	(*HistoryRequest)(nil),          // 13: meridian.v1.HistoryRequest
+	(*HistoryEntry)(nil),            // 14: meridian.v1.HistoryEntry
+	(*HistoryResponse)(nil),         // 15: meridian.v1.HistoryResponse
+	(*RollbackRequest)(nil),         // 16: meridian.v1.RollbackRequest
+	(*RollbackResponse)(nil),        // 17: meridian.v1.RollbackResponse
+	(*ListDataplanesRequest)(nil),   // 18: meridian.v1.ListDataplanesRequest
+	(*Nack)(nil),                    // 19: meridian.v1.Nack
+	(*DataplaneStatus)(nil),         // 20: meridian.v1.DataplaneStatus
+	(*ListDataplanesResponse)(nil),  // 21: meridian.v1.ListDataplanesResponse
+	(*RevokeDataplaneRequest)(nil),  // 22: meridian.v1.RevokeDataplaneRequest
+	(*RevokeDataplaneResponse)(nil), // 23: meridian.v1.RevokeDataplaneResponse
+	(*JoinToken)(nil),               // 24: meridian.v1.JoinToken
+	(*CreateJoinTokenRequest)(nil),  // 25: meridian.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil), // 26: meridian.v1.CreateJoinTokenResponse
+	(*ListJoinTokensRequest)(nil),   // 27: meridian.v1.ListJoinTokensRequest
+	(*ListJoinTokensResponse)(nil),  // 28: meridian.v1.ListJoinTokensResponse
+	(*RevokeJoinTokenRequest)(nil),  // 29: meridian.v1.RevokeJoinTokenRequest
+	(*RevokeJoinTokenResponse)(nil), // 30: meridian.v1.RevokeJoinTokenResponse
+	(*AuditRecord)(nil),             // 31: meridian.v1.AuditRecord
+	(*ListAuditRequest)(nil),        // 32: meridian.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),       // 33: meridian.v1.ListAuditResponse
+	nil,                             // 34: meridian.v1.JoinToken.LabelsEntry
+	nil,                             // 35: meridian.v1.CreateJoinTokenRequest.LabelsEntry
+	(*Resource)(nil),                // 36: meridian.v1.Resource
+	(*timestamppb.Timestamp)(nil),   // 37: google.protobuf.Timestamp
+	(*ConfigError)(nil),             // 38: meridian.v1.ConfigError
+	(*Node)(nil),                    // 39: meridian.v1.Node
+	(*durationpb.Duration)(nil),     // 40: google.protobuf.Duration
 }
 var file_meridian_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: meridian.v1.Change.action:type_name -> meridian.v1.ChangeAction
-	22, // 1: meridian.v1.ApplyRequest.resources:type_name -> meridian.v1.Resource
+	36, // 1: meridian.v1.ApplyRequest.resources:type_name -> meridian.v1.Resource
 	2,  // 2: meridian.v1.ApplyResponse.changes:type_name -> meridian.v1.Change
-	22, // 3: meridian.v1.DiffRequest.resources:type_name -> meridian.v1.Resource
+	36, // 3: meridian.v1.DiffRequest.resources:type_name -> meridian.v1.Resource
 	2,  // 4: meridian.v1.DiffResponse.changes:type_name -> meridian.v1.Change
-	22, // 5: meridian.v1.GetResponse.resource:type_name -> meridian.v1.Resource
-	22, // 6: meridian.v1.ListResponse.resources:type_name -> meridian.v1.Resource
-	23, // 7: meridian.v1.HistoryEntry.time:type_name -> google.protobuf.Timestamp
+	36, // 5: meridian.v1.GetResponse.resource:type_name -> meridian.v1.Resource
+	36, // 6: meridian.v1.ListResponse.resources:type_name -> meridian.v1.Resource
+	37, // 7: meridian.v1.HistoryEntry.time:type_name -> google.protobuf.Timestamp
 	2,  // 8: meridian.v1.HistoryEntry.changes:type_name -> meridian.v1.Change
 	14, // 9: meridian.v1.HistoryResponse.entries:type_name -> meridian.v1.HistoryEntry
 	2,  // 10: meridian.v1.RollbackResponse.changes:type_name -> meridian.v1.Change
-	24, // 11: meridian.v1.Nack.error:type_name -> meridian.v1.ConfigError
-	23, // 12: meridian.v1.Nack.time:type_name -> google.protobuf.Timestamp
-	25, // 13: meridian.v1.DataplaneStatus.node:type_name -> meridian.v1.Node
+	38, // 11: meridian.v1.Nack.error:type_name -> meridian.v1.ConfigError
+	37, // 12: meridian.v1.Nack.time:type_name -> google.protobuf.Timestamp
+	39, // 13: meridian.v1.DataplaneStatus.node:type_name -> meridian.v1.Node
 	1,  // 14: meridian.v1.DataplaneStatus.state:type_name -> meridian.v1.DataplaneState
 	19, // 15: meridian.v1.DataplaneStatus.last_nack:type_name -> meridian.v1.Nack
-	23, // 16: meridian.v1.DataplaneStatus.last_seen:type_name -> google.protobuf.Timestamp
-	23, // 17: meridian.v1.DataplaneStatus.connected_at:type_name -> google.protobuf.Timestamp
+	37, // 16: meridian.v1.DataplaneStatus.last_seen:type_name -> google.protobuf.Timestamp
+	37, // 17: meridian.v1.DataplaneStatus.connected_at:type_name -> google.protobuf.Timestamp
 	20, // 18: meridian.v1.ListDataplanesResponse.dataplanes:type_name -> meridian.v1.DataplaneStatus
-	3,  // 19: meridian.v1.AdminService.Apply:input_type -> meridian.v1.ApplyRequest
-	5,  // 20: meridian.v1.AdminService.Diff:input_type -> meridian.v1.DiffRequest
-	7,  // 21: meridian.v1.AdminService.Get:input_type -> meridian.v1.GetRequest
-	9,  // 22: meridian.v1.AdminService.List:input_type -> meridian.v1.ListRequest
-	11, // 23: meridian.v1.AdminService.Delete:input_type -> meridian.v1.DeleteRequest
-	13, // 24: meridian.v1.AdminService.History:input_type -> meridian.v1.HistoryRequest
-	16, // 25: meridian.v1.AdminService.Rollback:input_type -> meridian.v1.RollbackRequest
-	18, // 26: meridian.v1.AdminService.ListDataplanes:input_type -> meridian.v1.ListDataplanesRequest
-	4,  // 27: meridian.v1.AdminService.Apply:output_type -> meridian.v1.ApplyResponse
-	6,  // 28: meridian.v1.AdminService.Diff:output_type -> meridian.v1.DiffResponse
-	8,  // 29: meridian.v1.AdminService.Get:output_type -> meridian.v1.GetResponse
-	10, // 30: meridian.v1.AdminService.List:output_type -> meridian.v1.ListResponse
-	12, // 31: meridian.v1.AdminService.Delete:output_type -> meridian.v1.DeleteResponse
-	15, // 32: meridian.v1.AdminService.History:output_type -> meridian.v1.HistoryResponse
-	17, // 33: meridian.v1.AdminService.Rollback:output_type -> meridian.v1.RollbackResponse
-	21, // 34: meridian.v1.AdminService.ListDataplanes:output_type -> meridian.v1.ListDataplanesResponse
-	27, // [27:35] is the sub-list for method output_type
-	19, // [19:27] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	37, // 19: meridian.v1.RevokeDataplaneResponse.refused_until:type_name -> google.protobuf.Timestamp
+	37, // 20: meridian.v1.JoinToken.created_at:type_name -> google.protobuf.Timestamp
+	37, // 21: meridian.v1.JoinToken.expires_at:type_name -> google.protobuf.Timestamp
+	34, // 22: meridian.v1.JoinToken.labels:type_name -> meridian.v1.JoinToken.LabelsEntry
+	40, // 23: meridian.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	35, // 24: meridian.v1.CreateJoinTokenRequest.labels:type_name -> meridian.v1.CreateJoinTokenRequest.LabelsEntry
+	24, // 25: meridian.v1.CreateJoinTokenResponse.info:type_name -> meridian.v1.JoinToken
+	24, // 26: meridian.v1.ListJoinTokensResponse.tokens:type_name -> meridian.v1.JoinToken
+	37, // 27: meridian.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	37, // 28: meridian.v1.ListAuditRequest.since:type_name -> google.protobuf.Timestamp
+	31, // 29: meridian.v1.ListAuditResponse.records:type_name -> meridian.v1.AuditRecord
+	3,  // 30: meridian.v1.AdminService.Apply:input_type -> meridian.v1.ApplyRequest
+	5,  // 31: meridian.v1.AdminService.Diff:input_type -> meridian.v1.DiffRequest
+	7,  // 32: meridian.v1.AdminService.Get:input_type -> meridian.v1.GetRequest
+	9,  // 33: meridian.v1.AdminService.List:input_type -> meridian.v1.ListRequest
+	11, // 34: meridian.v1.AdminService.Delete:input_type -> meridian.v1.DeleteRequest
+	13, // 35: meridian.v1.AdminService.History:input_type -> meridian.v1.HistoryRequest
+	16, // 36: meridian.v1.AdminService.Rollback:input_type -> meridian.v1.RollbackRequest
+	18, // 37: meridian.v1.AdminService.ListDataplanes:input_type -> meridian.v1.ListDataplanesRequest
+	22, // 38: meridian.v1.AdminService.RevokeDataplane:input_type -> meridian.v1.RevokeDataplaneRequest
+	25, // 39: meridian.v1.AdminService.CreateJoinToken:input_type -> meridian.v1.CreateJoinTokenRequest
+	27, // 40: meridian.v1.AdminService.ListJoinTokens:input_type -> meridian.v1.ListJoinTokensRequest
+	29, // 41: meridian.v1.AdminService.RevokeJoinToken:input_type -> meridian.v1.RevokeJoinTokenRequest
+	32, // 42: meridian.v1.AdminService.ListAudit:input_type -> meridian.v1.ListAuditRequest
+	4,  // 43: meridian.v1.AdminService.Apply:output_type -> meridian.v1.ApplyResponse
+	6,  // 44: meridian.v1.AdminService.Diff:output_type -> meridian.v1.DiffResponse
+	8,  // 45: meridian.v1.AdminService.Get:output_type -> meridian.v1.GetResponse
+	10, // 46: meridian.v1.AdminService.List:output_type -> meridian.v1.ListResponse
+	12, // 47: meridian.v1.AdminService.Delete:output_type -> meridian.v1.DeleteResponse
+	15, // 48: meridian.v1.AdminService.History:output_type -> meridian.v1.HistoryResponse
+	17, // 49: meridian.v1.AdminService.Rollback:output_type -> meridian.v1.RollbackResponse
+	21, // 50: meridian.v1.AdminService.ListDataplanes:output_type -> meridian.v1.ListDataplanesResponse
+	23, // 51: meridian.v1.AdminService.RevokeDataplane:output_type -> meridian.v1.RevokeDataplaneResponse
+	26, // 52: meridian.v1.AdminService.CreateJoinToken:output_type -> meridian.v1.CreateJoinTokenResponse
+	28, // 53: meridian.v1.AdminService.ListJoinTokens:output_type -> meridian.v1.ListJoinTokensResponse
+	30, // 54: meridian.v1.AdminService.RevokeJoinToken:output_type -> meridian.v1.RevokeJoinTokenResponse
+	33, // 55: meridian.v1.AdminService.ListAudit:output_type -> meridian.v1.ListAuditResponse
+	43, // [43:56] is the sub-list for method output_type
+	30, // [30:43] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_admin_proto_init() }
@@ -1578,7 +2366,7 @@ func file_meridian_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_admin_proto_rawDesc), len(file_meridian_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   20,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

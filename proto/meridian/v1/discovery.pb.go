@@ -22,6 +22,230 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// EnrolRequest asks for a certificate for one node id.
+type EnrolRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// PKCS #10 certificate request, DER.
+	Csr           []byte `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnrolRequest) Reset() {
+	*x = EnrolRequest{}
+	mi := &file_meridian_v1_discovery_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnrolRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnrolRequest) ProtoMessage() {}
+
+func (x *EnrolRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_discovery_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnrolRequest.ProtoReflect.Descriptor instead.
+func (*EnrolRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *EnrolRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *EnrolRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+// EnrolResponse carries the certificate and what to trust.
+type EnrolResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// PEM: the client certificate, then any intermediates.
+	CertificateChain []byte `protobuf:"bytes,1,opt,name=certificate_chain,json=certificateChain,proto3" json:"certificate_chain,omitempty"`
+	// PEM: the CA certificates that verify the control plane from now on.
+	CaBundle      []byte                 `protobuf:"bytes,2,opt,name=ca_bundle,json=caBundle,proto3" json:"ca_bundle,omitempty"`
+	NotAfter      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnrolResponse) Reset() {
+	*x = EnrolResponse{}
+	mi := &file_meridian_v1_discovery_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnrolResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnrolResponse) ProtoMessage() {}
+
+func (x *EnrolResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_discovery_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnrolResponse.ProtoReflect.Descriptor instead.
+func (*EnrolResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *EnrolResponse) GetCertificateChain() []byte {
+	if x != nil {
+		return x.CertificateChain
+	}
+	return nil
+}
+
+func (x *EnrolResponse) GetCaBundle() []byte {
+	if x != nil {
+		return x.CaBundle
+	}
+	return nil
+}
+
+func (x *EnrolResponse) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+// RenewRequest carries a new key's certificate request.
+type RenewRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// PKCS #10 certificate request, DER.
+	Csr           []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewRequest) Reset() {
+	*x = RenewRequest{}
+	mi := &file_meridian_v1_discovery_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewRequest) ProtoMessage() {}
+
+func (x *RenewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_discovery_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
+func (*RenewRequest) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RenewRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+// RenewResponse is the same as an enrolment's answer.
+type RenewResponse struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	CertificateChain []byte                 `protobuf:"bytes,1,opt,name=certificate_chain,json=certificateChain,proto3" json:"certificate_chain,omitempty"`
+	CaBundle         []byte                 `protobuf:"bytes,2,opt,name=ca_bundle,json=caBundle,proto3" json:"ca_bundle,omitempty"`
+	NotAfter         *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *RenewResponse) Reset() {
+	*x = RenewResponse{}
+	mi := &file_meridian_v1_discovery_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewResponse) ProtoMessage() {}
+
+func (x *RenewResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_discovery_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
+func (*RenewResponse) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RenewResponse) GetCertificateChain() []byte {
+	if x != nil {
+		return x.CertificateChain
+	}
+	return nil
+}
+
+func (x *RenewResponse) GetCaBundle() []byte {
+	if x != nil {
+		return x.CaBundle
+	}
+	return nil
+}
+
+func (x *RenewResponse) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
 // Node identifies a data plane.
 type Node struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -36,7 +260,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_meridian_v1_discovery_proto_msgTypes[0]
+	mi := &file_meridian_v1_discovery_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -48,7 +272,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_discovery_proto_msgTypes[0]
+	mi := &file_meridian_v1_discovery_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -61,7 +285,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{0}
+	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Node) GetId() string {
@@ -111,7 +335,7 @@ type StreamSnapshotsRequest struct {
 
 func (x *StreamSnapshotsRequest) Reset() {
 	*x = StreamSnapshotsRequest{}
-	mi := &file_meridian_v1_discovery_proto_msgTypes[1]
+	mi := &file_meridian_v1_discovery_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -123,7 +347,7 @@ func (x *StreamSnapshotsRequest) String() string {
 func (*StreamSnapshotsRequest) ProtoMessage() {}
 
 func (x *StreamSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_discovery_proto_msgTypes[1]
+	mi := &file_meridian_v1_discovery_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -136,7 +360,7 @@ func (x *StreamSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*StreamSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{1}
+	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *StreamSnapshotsRequest) GetNode() *Node {
@@ -187,7 +411,7 @@ type StreamSnapshotsResponse struct {
 
 func (x *StreamSnapshotsResponse) Reset() {
 	*x = StreamSnapshotsResponse{}
-	mi := &file_meridian_v1_discovery_proto_msgTypes[2]
+	mi := &file_meridian_v1_discovery_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -199,7 +423,7 @@ func (x *StreamSnapshotsResponse) String() string {
 func (*StreamSnapshotsResponse) ProtoMessage() {}
 
 func (x *StreamSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_discovery_proto_msgTypes[2]
+	mi := &file_meridian_v1_discovery_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -212,7 +436,7 @@ func (x *StreamSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*StreamSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{2}
+	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StreamSnapshotsResponse) GetSnapshot() *Snapshot {
@@ -241,7 +465,7 @@ type FleetStatus struct {
 
 func (x *FleetStatus) Reset() {
 	*x = FleetStatus{}
-	mi := &file_meridian_v1_discovery_proto_msgTypes[3]
+	mi := &file_meridian_v1_discovery_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -253,7 +477,7 @@ func (x *FleetStatus) String() string {
 func (*FleetStatus) ProtoMessage() {}
 
 func (x *FleetStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_discovery_proto_msgTypes[3]
+	mi := &file_meridian_v1_discovery_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -266,7 +490,7 @@ func (x *FleetStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FleetStatus.ProtoReflect.Descriptor instead.
 func (*FleetStatus) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{3}
+	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *FleetStatus) GetConnectedDataplanes() uint32 {
@@ -294,7 +518,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_meridian_v1_discovery_proto_msgTypes[4]
+	mi := &file_meridian_v1_discovery_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -306,7 +530,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_discovery_proto_msgTypes[4]
+	mi := &file_meridian_v1_discovery_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -319,7 +543,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{4}
+	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Snapshot) GetVersion() uint64 {
@@ -371,7 +595,7 @@ type ConfigError struct {
 
 func (x *ConfigError) Reset() {
 	*x = ConfigError{}
-	mi := &file_meridian_v1_discovery_proto_msgTypes[5]
+	mi := &file_meridian_v1_discovery_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -383,7 +607,7 @@ func (x *ConfigError) String() string {
 func (*ConfigError) ProtoMessage() {}
 
 func (x *ConfigError) ProtoReflect() protoreflect.Message {
-	mi := &file_meridian_v1_discovery_proto_msgTypes[5]
+	mi := &file_meridian_v1_discovery_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -396,7 +620,7 @@ func (x *ConfigError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigError.ProtoReflect.Descriptor instead.
 func (*ConfigError) Descriptor() ([]byte, []int) {
-	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{5}
+	return file_meridian_v1_discovery_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ConfigError) GetKind() string {
@@ -431,7 +655,20 @@ var File_meridian_v1_discovery_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_discovery_proto_rawDesc = "" +
 	"\n" +
-	"\x1bmeridian/v1/discovery.proto\x12\vmeridian.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bmeridian/v1/resources.proto\"\xd4\x01\n" +
+	"\x1bmeridian/v1/discovery.proto\x12\vmeridian.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bmeridian/v1/resources.proto\"9\n" +
+	"\fEnrolRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x10\n" +
+	"\x03csr\x18\x02 \x01(\fR\x03csr\"\x92\x01\n" +
+	"\rEnrolResponse\x12+\n" +
+	"\x11certificate_chain\x18\x01 \x01(\fR\x10certificateChain\x12\x1b\n" +
+	"\tca_bundle\x18\x02 \x01(\fR\bcaBundle\x127\n" +
+	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\" \n" +
+	"\fRenewRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\"\x92\x01\n" +
+	"\rRenewResponse\x12+\n" +
+	"\x11certificate_chain\x18\x01 \x01(\fR\x10certificateChain\x12\x1b\n" +
+	"\tca_bundle\x18\x02 \x01(\fR\bcaBundle\x127\n" +
+	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"\xd4\x01\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x125\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1d.meridian.v1.Node.LabelsEntryR\x06labels\x12#\n" +
@@ -464,7 +701,10 @@ const file_meridian_v1_discovery_proto_rawDesc = "" +
 	"\x05field\x18\x03 \x01(\tR\x05field\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage2z\n" +
 	"\x16ConfigDiscoveryService\x12`\n" +
-	"\x0fStreamSnapshots\x12#.meridian.v1.StreamSnapshotsRequest\x1a$.meridian.v1.StreamSnapshotsResponse(\x010\x01B>Z<github.com/meridian-gw/meridian/proto/meridian/v1;meridianv1b\x06proto3"
+	"\x0fStreamSnapshots\x12#.meridian.v1.StreamSnapshotsRequest\x1a$.meridian.v1.StreamSnapshotsResponse(\x010\x012\x91\x01\n" +
+	"\x0fIdentityService\x12>\n" +
+	"\x05Enrol\x12\x19.meridian.v1.EnrolRequest\x1a\x1a.meridian.v1.EnrolResponse\x12>\n" +
+	"\x05Renew\x12\x19.meridian.v1.RenewRequest\x1a\x1a.meridian.v1.RenewResponseB>Z<github.com/meridian-gw/meridian/proto/meridian/v1;meridianv1b\x06proto3"
 
 var (
 	file_meridian_v1_discovery_proto_rawDescOnce sync.Once
@@ -478,33 +718,43 @@ func file_meridian_v1_discovery_proto_rawDescGZIP() []byte {
 	return file_meridian_v1_discovery_proto_rawDescData
 }
 
-var file_meridian_v1_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_meridian_v1_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_meridian_v1_discovery_proto_goTypes = []any{
-	(*Node)(nil),                    // 0: meridian.v1.Node
-	(*StreamSnapshotsRequest)(nil),  // 1: meridian.v1.StreamSnapshotsRequest
-	(*StreamSnapshotsResponse)(nil), // 2: meridian.v1.StreamSnapshotsResponse
-	(*FleetStatus)(nil),             // 3: meridian.v1.FleetStatus
-	(*Snapshot)(nil),                // 4: meridian.v1.Snapshot
-	(*ConfigError)(nil),             // 5: meridian.v1.ConfigError
-	nil,                             // 6: meridian.v1.Node.LabelsEntry
-	(*Resource)(nil),                // 7: meridian.v1.Resource
-	(*timestamppb.Timestamp)(nil),   // 8: google.protobuf.Timestamp
+	(*EnrolRequest)(nil),            // 0: meridian.v1.EnrolRequest
+	(*EnrolResponse)(nil),           // 1: meridian.v1.EnrolResponse
+	(*RenewRequest)(nil),            // 2: meridian.v1.RenewRequest
+	(*RenewResponse)(nil),           // 3: meridian.v1.RenewResponse
+	(*Node)(nil),                    // 4: meridian.v1.Node
+	(*StreamSnapshotsRequest)(nil),  // 5: meridian.v1.StreamSnapshotsRequest
+	(*StreamSnapshotsResponse)(nil), // 6: meridian.v1.StreamSnapshotsResponse
+	(*FleetStatus)(nil),             // 7: meridian.v1.FleetStatus
+	(*Snapshot)(nil),                // 8: meridian.v1.Snapshot
+	(*ConfigError)(nil),             // 9: meridian.v1.ConfigError
+	nil,                             // 10: meridian.v1.Node.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 11: google.protobuf.Timestamp
+	(*Resource)(nil),                // 12: meridian.v1.Resource
 }
 var file_meridian_v1_discovery_proto_depIdxs = []int32{
-	6, // 0: meridian.v1.Node.labels:type_name -> meridian.v1.Node.LabelsEntry
-	0, // 1: meridian.v1.StreamSnapshotsRequest.node:type_name -> meridian.v1.Node
-	5, // 2: meridian.v1.StreamSnapshotsRequest.error:type_name -> meridian.v1.ConfigError
-	4, // 3: meridian.v1.StreamSnapshotsResponse.snapshot:type_name -> meridian.v1.Snapshot
-	3, // 4: meridian.v1.StreamSnapshotsResponse.fleet:type_name -> meridian.v1.FleetStatus
-	7, // 5: meridian.v1.Snapshot.resources:type_name -> meridian.v1.Resource
-	8, // 6: meridian.v1.Snapshot.created_at:type_name -> google.protobuf.Timestamp
-	1, // 7: meridian.v1.ConfigDiscoveryService.StreamSnapshots:input_type -> meridian.v1.StreamSnapshotsRequest
-	2, // 8: meridian.v1.ConfigDiscoveryService.StreamSnapshots:output_type -> meridian.v1.StreamSnapshotsResponse
-	8, // [8:9] is the sub-list for method output_type
-	7, // [7:8] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	11, // 0: meridian.v1.EnrolResponse.not_after:type_name -> google.protobuf.Timestamp
+	11, // 1: meridian.v1.RenewResponse.not_after:type_name -> google.protobuf.Timestamp
+	10, // 2: meridian.v1.Node.labels:type_name -> meridian.v1.Node.LabelsEntry
+	4,  // 3: meridian.v1.StreamSnapshotsRequest.node:type_name -> meridian.v1.Node
+	9,  // 4: meridian.v1.StreamSnapshotsRequest.error:type_name -> meridian.v1.ConfigError
+	8,  // 5: meridian.v1.StreamSnapshotsResponse.snapshot:type_name -> meridian.v1.Snapshot
+	7,  // 6: meridian.v1.StreamSnapshotsResponse.fleet:type_name -> meridian.v1.FleetStatus
+	12, // 7: meridian.v1.Snapshot.resources:type_name -> meridian.v1.Resource
+	11, // 8: meridian.v1.Snapshot.created_at:type_name -> google.protobuf.Timestamp
+	5,  // 9: meridian.v1.ConfigDiscoveryService.StreamSnapshots:input_type -> meridian.v1.StreamSnapshotsRequest
+	0,  // 10: meridian.v1.IdentityService.Enrol:input_type -> meridian.v1.EnrolRequest
+	2,  // 11: meridian.v1.IdentityService.Renew:input_type -> meridian.v1.RenewRequest
+	6,  // 12: meridian.v1.ConfigDiscoveryService.StreamSnapshots:output_type -> meridian.v1.StreamSnapshotsResponse
+	1,  // 13: meridian.v1.IdentityService.Enrol:output_type -> meridian.v1.EnrolResponse
+	3,  // 14: meridian.v1.IdentityService.Renew:output_type -> meridian.v1.RenewResponse
+	12, // [12:15] is the sub-list for method output_type
+	9,  // [9:12] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_discovery_proto_init() }
@@ -519,9 +769,9 @@ func file_meridian_v1_discovery_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_discovery_proto_rawDesc), len(file_meridian_v1_discovery_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   11,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_meridian_v1_discovery_proto_goTypes,
 		DependencyIndexes: file_meridian_v1_discovery_proto_depIdxs,

@@ -9,6 +9,7 @@ package meridianv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -130,17 +131,290 @@ func (x *HistoryRecord) GetResources() []*Resource {
 	return nil
 }
 
+// StoredJoinToken is the value of one join-token key.
+type StoredJoinToken struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Info  *JoinToken             `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`
+	// SHA-256 of the token's secret part; the secret itself is never stored.
+	SecretSha256  []byte `protobuf:"bytes,2,opt,name=secret_sha256,json=secretSha256,proto3" json:"secret_sha256,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoredJoinToken) Reset() {
+	*x = StoredJoinToken{}
+	mi := &file_meridian_v1_storage_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoredJoinToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoredJoinToken) ProtoMessage() {}
+
+func (x *StoredJoinToken) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_storage_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoredJoinToken.ProtoReflect.Descriptor instead.
+func (*StoredJoinToken) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_storage_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *StoredJoinToken) GetInfo() *JoinToken {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+func (x *StoredJoinToken) GetSecretSha256() []byte {
+	if x != nil {
+		return x.SecretSha256
+	}
+	return nil
+}
+
+// Identity is the certificate a node id currently holds: only the newest
+// one issued for a node opens its stream, so another certificate cannot
+// take the node id over.
+type Identity struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Serial number of the newest certificate, decimal.
+	Serial     string                 `protobuf:"bytes,2,opt,name=serial,proto3" json:"serial,omitempty"`
+	NotAfter   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	EnrolledAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=enrolled_at,json=enrolledAt,proto3" json:"enrolled_at,omitempty"`
+	// The join token that admitted the node, and its labels.
+	TokenId       string            `protobuf:"bytes,5,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	Labels        map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Identity) Reset() {
+	*x = Identity{}
+	mi := &file_meridian_v1_storage_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Identity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Identity) ProtoMessage() {}
+
+func (x *Identity) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_storage_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Identity.ProtoReflect.Descriptor instead.
+func (*Identity) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_storage_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Identity) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *Identity) GetSerial() string {
+	if x != nil {
+		return x.Serial
+	}
+	return ""
+}
+
+func (x *Identity) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *Identity) GetEnrolledAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EnrolledAt
+	}
+	return nil
+}
+
+func (x *Identity) GetTokenId() string {
+	if x != nil {
+		return x.TokenId
+	}
+	return ""
+}
+
+func (x *Identity) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+// Revocation refuses a node's certificates issued before revoked_at.
+type Revocation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	RevokedAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	RevokedBy     string                 `protobuf:"bytes,3,opt,name=revoked_by,json=revokedBy,proto3" json:"revoked_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Revocation) Reset() {
+	*x = Revocation{}
+	mi := &file_meridian_v1_storage_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Revocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Revocation) ProtoMessage() {}
+
+func (x *Revocation) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_storage_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
+func (*Revocation) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_storage_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Revocation) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *Revocation) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+func (x *Revocation) GetRevokedBy() string {
+	if x != nil {
+		return x.RevokedBy
+	}
+	return ""
+}
+
+// CAPublic is the cluster CA's certificate as published in etcd, so a
+// replica started with a different CA refuses to run. It never holds a key.
+type CAPublic struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Certificate   []byte                 `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CAPublic) Reset() {
+	*x = CAPublic{}
+	mi := &file_meridian_v1_storage_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CAPublic) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CAPublic) ProtoMessage() {}
+
+func (x *CAPublic) ProtoReflect() protoreflect.Message {
+	mi := &file_meridian_v1_storage_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CAPublic.ProtoReflect.Descriptor instead.
+func (*CAPublic) Descriptor() ([]byte, []int) {
+	return file_meridian_v1_storage_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CAPublic) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
 var File_meridian_v1_storage_proto protoreflect.FileDescriptor
 
 const file_meridian_v1_storage_proto_rawDesc = "" +
 	"\n" +
-	"\x19meridian/v1/storage.proto\x12\vmeridian.v1\x1a\x17meridian/v1/admin.proto\x1a\x1bmeridian/v1/resources.proto\"]\n" +
+	"\x19meridian/v1/storage.proto\x12\vmeridian.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17meridian/v1/admin.proto\x1a\x1bmeridian/v1/resources.proto\"]\n" +
 	"\x0eStoredResource\x121\n" +
 	"\bresource\x18\x01 \x01(\v2\x15.meridian.v1.ResourceR\bresource\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\"u\n" +
 	"\rHistoryRecord\x12/\n" +
 	"\x05entry\x18\x01 \x01(\v2\x19.meridian.v1.HistoryEntryR\x05entry\x123\n" +
-	"\tresources\x18\x02 \x03(\v2\x15.meridian.v1.ResourceR\tresourcesB>Z<github.com/meridian-gw/meridian/proto/meridian/v1;meridianv1b\x06proto3"
+	"\tresources\x18\x02 \x03(\v2\x15.meridian.v1.ResourceR\tresources\"b\n" +
+	"\x0fStoredJoinToken\x12*\n" +
+	"\x04info\x18\x01 \x01(\v2\x16.meridian.v1.JoinTokenR\x04info\x12#\n" +
+	"\rsecret_sha256\x18\x02 \x01(\fR\fsecretSha256\"\xc2\x02\n" +
+	"\bIdentity\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06serial\x18\x02 \x01(\tR\x06serial\x127\n" +
+	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12;\n" +
+	"\venrolled_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"enrolledAt\x12\x19\n" +
+	"\btoken_id\x18\x05 \x01(\tR\atokenId\x129\n" +
+	"\x06labels\x18\x06 \x03(\v2!.meridian.v1.Identity.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x7f\n" +
+	"\n" +
+	"Revocation\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x129\n" +
+	"\n" +
+	"revoked_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12\x1d\n" +
+	"\n" +
+	"revoked_by\x18\x03 \x01(\tR\trevokedBy\",\n" +
+	"\bCAPublic\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificateB>Z<github.com/meridian-gw/meridian/proto/meridian/v1;meridianv1b\x06proto3"
 
 var (
 	file_meridian_v1_storage_proto_rawDescOnce sync.Once
@@ -154,22 +428,34 @@ func file_meridian_v1_storage_proto_rawDescGZIP() []byte {
 	return file_meridian_v1_storage_proto_rawDescData
 }
 
-var file_meridian_v1_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_meridian_v1_storage_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_meridian_v1_storage_proto_goTypes = []any{
-	(*StoredResource)(nil), // 0: meridian.v1.StoredResource
-	(*HistoryRecord)(nil),  // 1: meridian.v1.HistoryRecord
-	(*Resource)(nil),       // 2: meridian.v1.Resource
-	(*HistoryEntry)(nil),   // 3: meridian.v1.HistoryEntry
+	(*StoredResource)(nil),        // 0: meridian.v1.StoredResource
+	(*HistoryRecord)(nil),         // 1: meridian.v1.HistoryRecord
+	(*StoredJoinToken)(nil),       // 2: meridian.v1.StoredJoinToken
+	(*Identity)(nil),              // 3: meridian.v1.Identity
+	(*Revocation)(nil),            // 4: meridian.v1.Revocation
+	(*CAPublic)(nil),              // 5: meridian.v1.CAPublic
+	nil,                           // 6: meridian.v1.Identity.LabelsEntry
+	(*Resource)(nil),              // 7: meridian.v1.Resource
+	(*HistoryEntry)(nil),          // 8: meridian.v1.HistoryEntry
+	(*JoinToken)(nil),             // 9: meridian.v1.JoinToken
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
 }
 var file_meridian_v1_storage_proto_depIdxs = []int32{
-	2, // 0: meridian.v1.StoredResource.resource:type_name -> meridian.v1.Resource
-	3, // 1: meridian.v1.HistoryRecord.entry:type_name -> meridian.v1.HistoryEntry
-	2, // 2: meridian.v1.HistoryRecord.resources:type_name -> meridian.v1.Resource
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	7,  // 0: meridian.v1.StoredResource.resource:type_name -> meridian.v1.Resource
+	8,  // 1: meridian.v1.HistoryRecord.entry:type_name -> meridian.v1.HistoryEntry
+	7,  // 2: meridian.v1.HistoryRecord.resources:type_name -> meridian.v1.Resource
+	9,  // 3: meridian.v1.StoredJoinToken.info:type_name -> meridian.v1.JoinToken
+	10, // 4: meridian.v1.Identity.not_after:type_name -> google.protobuf.Timestamp
+	10, // 5: meridian.v1.Identity.enrolled_at:type_name -> google.protobuf.Timestamp
+	6,  // 6: meridian.v1.Identity.labels:type_name -> meridian.v1.Identity.LabelsEntry
+	10, // 7: meridian.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	8,  // [8:8] is the sub-list for method output_type
+	8,  // [8:8] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_meridian_v1_storage_proto_init() }
@@ -185,7 +471,7 @@ func file_meridian_v1_storage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meridian_v1_storage_proto_rawDesc), len(file_meridian_v1_storage_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -306,15 +306,15 @@ start_meridian() {
 	mkdir -p "$TMP/$name/data" "$TMP/$name/cache"
 	start "$name-cp" "$CPU_LOAD" "$ROOT/bin/controlplane" --listen "127.0.0.1:$cp" --data-dir "$TMP/$name/data" \
 		--etcd-listen "127.0.0.1:$etcd" --etcd-peer-listen "127.0.0.1:$peer" \
-		--metrics-listen "127.0.0.1:$metrics" --log-level warn
+		--metrics-listen "127.0.0.1:$metrics" --log-level warn --insecure
 	wait_http "$name-cp" "http://127.0.0.1:$metrics/readyz"
-	"$ROOT/bin/gatewayctl" --server "127.0.0.1:$cp" --timeout 300s apply -f "$config" -m bench >"$TMP/$name-apply.log" 2>&1 ||
+	"$ROOT/bin/gatewayctl" --server "127.0.0.1:$cp" --insecure --timeout 300s apply -f "$config" -m bench >"$TMP/$name-apply.log" 2>&1 ||
 		{ echo "$0: gatewayctl apply ($name) failed:" >&2; tail -n 20 "$TMP/$name-apply.log" >&2; exit 1; }
 	# Access logs off, as for every other proxy in the comparison (the
 	# MERIDIAN_ACCESS_LOG variable, so ENV can turn them on).
 	start "$name" "$CPU_PROXY" env MERIDIAN_ACCESS_LOG=off "$@" "$dataplane" --listen "127.0.0.1:${PORT[$name]}" \
 		--controlplane "127.0.0.1:$cp" --node-id "bench-$name" --cache-dir "$TMP/$name/cache" \
-		--admin-listen "127.0.0.1:${PORT[$name-admin]}" --log-level warn
+		--admin-listen "127.0.0.1:${PORT[$name-admin]}" --log-level warn --insecure
 }
 
 # cpu_ticks NAME: CPU time (user + system, in clock ticks) used so far by

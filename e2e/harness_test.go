@@ -197,6 +197,19 @@ type controlplane struct {
 	*proc
 	addr, etcd string
 	env        []string
+	// dataDir holds the pki/ and gatewayctl.yaml of a secure control
+	// plane.
+	dataDir string
+	secure  bool
+}
+
+// ctlTarget is what ctl takes as its server: the gatewayctl config a
+// secure control plane wrote, or the address of an --insecure one.
+func (cp *controlplane) ctlTarget() string {
+	if cp.secure {
+		return filepath.Join(cp.dataDir, "gatewayctl.yaml")
+	}
+	return cp.addr
 }
 
 // startControlplane runs a control plane with its own embedded etcd in dir,
@@ -210,8 +223,25 @@ func startControlplane(t testing.TB, name, dataDir, etcdEndpoints string) *contr
 // variables.
 func startControlplaneEnv(t testing.TB, name, dataDir, etcdEndpoints string, env []string) *controlplane {
 	t.Helper()
-	cp := &controlplane{addr: freeAddr(t), env: env}
+	return startControlplaneArgs(t, name, dataDir, etcdEndpoints, env, []string{"--insecure"})
+}
+
+// startSecureControlplane runs a control plane with its default trust:
+// TLS, its own PKI and an admin token in dataDir.
+func startSecureControlplane(t testing.TB, name, dataDir, etcdEndpoints string, extra ...string) *controlplane {
+	t.Helper()
+	cp := startControlplaneArgs(t, name, dataDir, etcdEndpoints, nil, extra)
+	cp.secure = true
+	return cp
+}
+
+// startControlplaneArgs is startControlplaneEnv with extra flags instead
+// of --insecure.
+func startControlplaneArgs(t testing.TB, name, dataDir, etcdEndpoints string, env, extra []string) *controlplane {
+	t.Helper()
+	cp := &controlplane{addr: freeAddr(t), env: env, dataDir: dataDir}
 	args := []string{"--listen", cp.addr, "--data-dir", dataDir, "--metrics-listen", freeAddr(t), "--id", name}
+	args = append(args, extra...)
 	if etcdEndpoints != "" {
 		args = append(args, "--etcd-endpoints", etcdEndpoints)
 		cp.etcd = etcdEndpoints
@@ -234,6 +264,7 @@ func (cp *controlplane) restart(t testing.TB) {
 type dataplane struct {
 	*proc
 	id, addr, admin string
+	cache           string
 	env             []string
 	args            []string
 }
@@ -243,10 +274,18 @@ func startDataplane(t testing.TB, id, cacheDir string, env []string, controlplan
 	return startDataplaneArgs(t, id, cacheDir, env, controlplanes, nil)
 }
 
-// startDataplaneArgs is startDataplane with extra command-line flags.
+// startDataplaneArgs is startDataplane with extra command-line flags. It
+// talks plaintext to an --insecure control plane.
 func startDataplaneArgs(t testing.TB, id, cacheDir string, env, controlplanes, extra []string) *dataplane {
 	t.Helper()
-	dp := &dataplane{id: id, addr: freeAddr(t), admin: freeAddr(t), env: env}
+	return startDataplaneCreds(t, id, cacheDir, env, controlplanes, append([]string{"--insecure"}, extra...))
+}
+
+// startDataplaneCreds is startDataplane with the control-plane credential
+// flags (and any others) in extra.
+func startDataplaneCreds(t testing.TB, id, cacheDir string, env, controlplanes, extra []string) *dataplane {
+	t.Helper()
+	dp := &dataplane{id: id, addr: freeAddr(t), admin: freeAddr(t), env: env, cache: cacheDir}
 	dp.args = append([]string{"--listen", dp.addr, "--admin-listen", dp.admin, "--node-id", id,
 		"--cache-dir", cacheDir, "--controlplane", strings.Join(controlplanes, ",")}, extra...)
 	dp.proc = start(t, id, built.dataplane, env, dp.args...)
@@ -278,6 +317,7 @@ type appliedConfig struct {
 	Hash              string `json:"hash"`
 	Source            string `json:"source"`
 	SnapshotsReceived uint64 `json:"snapshotsReceived"`
+	FleetSize         int    `json:"fleetSize"`
 }
 
 func (dp *dataplane) config() (appliedConfig, error) {
@@ -307,12 +347,17 @@ func startEcho(t testing.TB, name string) string {
 }
 
 // ctl runs gatewayctl against server and returns stdout, stderr and the
-// exit code.
+// exit code. server is the address of an --insecure control plane, or the
+// path of a secure one's gatewayctl config (controlplane.ctlTarget).
 func ctl(t testing.TB, server string, stdin string, args ...string) (string, string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, built.gatewayctl, append([]string{"--server", server}, args...)...)
+	target := []string{"--server", server, "--insecure"}
+	if strings.HasSuffix(server, ".yaml") {
+		target = []string{"--config", server}
+	}
+	cmd := exec.CommandContext(ctx, built.gatewayctl, append(target, args...)...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

@@ -37,13 +37,19 @@ wait_for() {
 
 "$BIN/echo" --listen 127.0.0.1:9001 --name echo-1 >"$RUN/echo-1.log" 2>&1 & pids+=($!)
 "$BIN/echo" --listen 127.0.0.1:9002 --name echo-2 >"$RUN/echo-2.log" 2>&1 & pids+=($!)
+# Secure by default, as in production: the control plane makes its CA, an
+# admin token and a gatewayctl config in its data dir on first start; the
+# data plane enrols with a one-use join token (and keeps its certificate in
+# its cache dir, so a second run needs none).
 "$BIN/controlplane" --listen 127.0.0.1:7400 --data-dir "$RUN/controlplane" >"$RUN/controlplane.log" 2>&1 & pids+=($!)
 wait_for "$RUN/controlplane.log" "controlplane listening"
-"$BIN/dataplane" --listen 127.0.0.1:8080 --controlplane 127.0.0.1:7400 --node-id local-1 \
+export MERIDIAN_CONFIG="$PWD/$RUN/controlplane/gatewayctl.yaml"
+token=$("$BIN/gatewayctl" tokens create --uses 1 --ttl 10m | head -n 1)
+MERIDIAN_JOIN_TOKEN="$token" "$BIN/dataplane" --listen 127.0.0.1:8080 --controlplane 127.0.0.1:7400 --node-id local-1 \
   --cache-dir "$RUN/dataplane-cache" --admin-listen 127.0.0.1:9901 >"$RUN/dataplane.log" 2>&1 & pids+=($!)
 wait_for "$RUN/dataplane.log" "dataplane listening"
 
-"$BIN/gatewayctl" --server 127.0.0.1:7400 apply -f examples/quickstart.yaml -m "quickstart"
+"$BIN/gatewayctl" apply -f examples/quickstart.yaml -m "quickstart"
 for _ in $(seq 1 50); do
   curl -fs localhost:9901/readyz >/dev/null 2>&1 && break
   sleep 0.1
@@ -51,13 +57,19 @@ done
 
 cat <<MSG
 
-Meridian is running (logs in $RUN/). Try:
+Meridian is running (logs in $RUN/). gatewayctl finds the control plane, its CA
+and the admin token through MERIDIAN_CONFIG; in another shell, first run:
+
+  export MERIDIAN_CONFIG=$MERIDIAN_CONFIG
+
+Then try:
 
   curl -s localhost:8080/api/hello          # proxied to an echo upstream as /hello
   curl -s localhost:9901/config             # the data plane's applied version and hash
   bin/gatewayctl get                        # what the control plane stores
   bin/gatewayctl dataplanes                 # the fleet: SYNCED at the current version
   bin/gatewayctl history                    # every version, for rollback
+  bin/gatewayctl audit                      # who changed what, and what was refused
   bin/gatewayctl diff -f examples/quickstart.yaml
 
 Press Ctrl-C to stop everything.

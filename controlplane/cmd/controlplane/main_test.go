@@ -15,10 +15,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/meridian-gw/meridian/controlplane/internal/etcdtest"
@@ -147,10 +144,6 @@ func (p *program) stop() int {
 
 func TestRunServesAndStops(t *testing.T) {
 	dir := t.TempDir()
-	tokens := filepath.Join(dir, "tokens")
-	if err := os.WriteFile(tokens, []byte("# ops\nalice sekrit-a\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	metrics := etcdtest.FreeAddr(t)
 	args := []string{
 		"--listen", "127.0.0.1:0",
@@ -160,32 +153,50 @@ func TestRunServesAndStops(t *testing.T) {
 		"--etcd-peer-listen", etcdtest.FreeAddr(t),
 		"--id", "cp-test",
 	}
-	p := startProgram(t, args, map[string]string{"MERIDIAN_ADMIN_TOKENS_FILE": tokens})
-	addr := p.addr
-
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
+	p := startProgram(t, args, nil)
+	ctlCfg := readCtlConfig(t, dir)
+	if ctlCfg.Server != p.addr || ctlCfg.Token == "" {
+		t.Fatalf("gatewayctl.yaml: server %q (listening on %s), token set: %v", ctlCfg.Server, p.addr, ctlCfg.Token != "")
 	}
-	defer conn.Close()
+	tokens, err := os.ReadFile(filepath.Join(dir, "admin-tokens"))
+	if err != nil || strings.Contains(string(tokens), ctlCfg.Token) || !strings.Contains(string(tokens), "admin admin ") {
+		t.Fatalf("admin-tokens must hold the admin token's hash only: %v\n%s", err, tokens)
+	}
+
+	conn := dialTLS(t, p.addr, []byte(ctlCfg.CA), nil)
 	client := meridianv1.NewAdminServiceClient(conn)
 	callCtx, callCancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer callCancel()
 	if _, err := client.List(callCtx, &meridianv1.ListRequest{}); status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("List without token: %v, want Unauthenticated", err)
 	}
-	authed := metadata.AppendToOutgoingContext(callCtx, "authorization", "Bearer sekrit-a")
+	authed := withToken(callCtx, ctlCfg.Token)
 	up := &meridianv1.Resource{Kind: &meridianv1.Resource_Upstream{Upstream: &meridianv1.Upstream{
 		Metadata: &meridianv1.Metadata{Name: "u"},
 		Spec:     &meridianv1.UpstreamSpec{Targets: []*meridianv1.Target{{Address: "127.0.0.1:1"}}},
 	}}}
-	resp, err := client.Apply(authed, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{up}})
+	resp, err := client.Apply(authed, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{up}, Author: "claimed"})
 	if err != nil || resp.GetVersion() != 1 {
 		t.Fatalf("Apply = %v, %v", resp, err)
 	}
+	hist, err := client.History(authed, &meridianv1.HistoryRequest{Limit: 1})
+	if err != nil || hist.GetEntries()[0].GetAuthor() != "admin" {
+		t.Fatalf("history author = %v, %v; want the principal admin", hist, err)
+	}
 
-	// The applied version reaches a data-plane stream on the same port.
-	stream, err := meridianv1.NewConfigDiscoveryServiceClient(conn).StreamSnapshots(callCtx)
+	// Without a certificate the discovery stream is refused.
+	anon, err := meridianv1.NewConfigDiscoveryServiceClient(conn).StreamSnapshots(callCtx)
+	if err == nil {
+		_, err = anon.Recv()
+	}
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("stream without a certificate: %v, want Unauthenticated", err)
+	}
+
+	// A data plane enrolled with a join token gets the applied version.
+	cert := enrol(callCtx, t, client, conn, ctlCfg.Token, "dp")
+	dpConn := dialTLS(t, p.addr, []byte(ctlCfg.CA), &cert)
+	stream, err := meridianv1.NewConfigDiscoveryServiceClient(dpConn).StreamSnapshots(callCtx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,8 +227,8 @@ func TestRunServesAndStops(t *testing.T) {
 	if code := p.stop(); code != exitOK {
 		t.Fatalf("exit code %d; stderr: %s", code, p.stderr.String())
 	}
-	if strings.Contains(p.stderr.String(), "sekrit") {
-		t.Fatal("a token reached the logs")
+	if strings.Contains(p.stderr.String(), ctlCfg.Token) {
+		t.Fatal("the admin token reached the logs")
 	}
 	if !strings.Contains(p.stderr.String(), `"msg":"controlplane listening"`) {
 		t.Fatalf("no JSON log line: %s", p.stderr.String())

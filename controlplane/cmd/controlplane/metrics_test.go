@@ -20,12 +20,10 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/meridian-gw/meridian/controlplane/internal/auth"
 	"github.com/meridian-gw/meridian/controlplane/internal/etcdtest"
 	"github.com/meridian-gw/meridian/controlplane/internal/metrics/metricstest"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -85,7 +83,7 @@ func TestMetrics(t *testing.T) {
 	}
 	dir := t.TempDir()
 	tokens := filepath.Join(dir, "tokens")
-	if err := os.WriteFile(tokens, []byte("alice sekrit-a\n"), 0o600); err != nil {
+	if err := os.WriteFile(tokens, []byte(auth.TokenLine("alice", auth.RoleAdmin, "sekrit-a")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	metricsAddr := etcdtest.FreeAddr(t)
@@ -100,15 +98,15 @@ func TestMetrics(t *testing.T) {
 	}, nil)
 	reg := scraper(t, metricsAddr)
 
-	conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	caPEM, err := os.ReadFile(filepath.Join(dir, "pki", "ca.crt"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	conn := dialTLS(t, p.addr, caPEM, nil)
 	admin := meridianv1.NewAdminServiceClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	authed := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer sekrit-a")
+	authed := withToken(ctx, "sekrit-a")
 	apply := func(addr string) {
 		t.Helper()
 		if _, err := admin.Apply(authed, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{upstreamAt(addr)}}); err != nil {
@@ -127,7 +125,8 @@ func TestMetrics(t *testing.T) {
 	// v1 is committed before the data plane connects, so its ACK is
 	// catching up, not propagation; v2's ACK is; v3 is rejected.
 	apply("127.0.0.1:1")
-	stream, err := meridianv1.NewConfigDiscoveryServiceClient(conn).StreamSnapshots(ctx)
+	cert := enrol(ctx, t, admin, conn, "sekrit-a", "dp-1")
+	stream, err := meridianv1.NewConfigDiscoveryServiceClient(dialTLS(t, p.addr, caPEM, &cert)).StreamSnapshots(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,6 +174,7 @@ func TestMetrics(t *testing.T) {
 # HELP meridian_controlplane_admin_requests_total Admin API calls, by method and gRPC status code.
 # TYPE meridian_controlplane_admin_requests_total counter
 meridian_controlplane_admin_requests_total{code="OK",method="Apply"} 3
+meridian_controlplane_admin_requests_total{code="OK",method="CreateJoinToken"} 1
 meridian_controlplane_admin_requests_total{code="InvalidArgument",method="Get"} 1
 meridian_controlplane_admin_requests_total{code="Unauthenticated",method="List"} 1
 # HELP meridian_controlplane_nacks_total Snapshots data planes rejected, by the kind of resource the error names (none: no resource; other: not a known kind).

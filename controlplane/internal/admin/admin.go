@@ -7,11 +7,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
 
+	"github.com/meridian-gw/meridian/controlplane/internal/auth"
 	"github.com/meridian-gw/meridian/controlplane/internal/store"
 	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -26,6 +28,7 @@ type Store interface {
 	History(ctx context.Context, limit int) ([]*meridianv1.HistoryEntry, error)
 	Rollback(ctx context.Context, target uint64, message, author string) (uint64, uint64, []*meridianv1.Change, error)
 	ListDataplanes(ctx context.Context) ([]*meridianv1.DataplaneStatus, uint64, error)
+	SecurityStore
 }
 
 // Server implements meridianv1.AdminServiceServer.
@@ -33,24 +36,57 @@ type Server struct {
 	meridianv1.UnimplementedAdminServiceServer
 
 	store Store
+	opts  Options
 	log   *slog.Logger
 }
 
-// NewServer returns the admin API over st. log may be nil (slog.Default).
-func NewServer(st Store, log *slog.Logger) *Server {
-	if log == nil {
-		log = slog.Default()
-	}
-	return &Server{store: st, log: log}
+// Options configure a Server.
+type Options struct {
+	// Logger; slog.Default() when nil.
+	Logger *slog.Logger
+	// Pin is the CA pin join tokens carry (identity.Pin of the CA the
+	// control plane presents). Empty: join tokens cannot be made
+	// (--insecure).
+	Pin string
+	// DefaultTokenTTL applies when a join token is made without a ttl.
+	// One hour when zero.
+	DefaultTokenTTL time.Duration
+	// CertTTL is the lifetime of data-plane certificates: a revocation is
+	// kept that long, until every certificate it refuses has expired.
+	CertTTL time.Duration
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
 }
 
-// author is who a change is recorded as: the authenticated principal when
-// tokens are on, otherwise what the client says.
-func author(ctx context.Context, claimed string) string {
-	if p, ok := PrincipalFrom(ctx); ok {
-		return p
+// NewServer returns the admin API over st.
+func NewServer(st Store, opts Options) *Server {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
 	}
-	return cmp.Or(claimed, "unknown")
+	if opts.DefaultTokenTTL <= 0 {
+		opts.DefaultTokenTTL = time.Hour
+	}
+	if opts.CertTTL <= 0 {
+		opts.CertTTL = 24 * time.Hour
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Server{store: st, opts: opts, log: opts.Logger}
+}
+
+// author is who a change is recorded as: the authenticated principal. Only
+// an --insecure control plane, which authenticates nobody, records what the
+// client claims, marked as such.
+func author(ctx context.Context, claimed string) string {
+	c, ok := auth.FromContext(ctx)
+	switch {
+	case !ok:
+		return "unknown"
+	case c.Insecure:
+		return cmp.Or(claimed, "unknown") + " (unauthenticated)"
+	}
+	return c.Principal
 }
 
 // Apply validates (the store always validates the whole resulting
@@ -214,6 +250,8 @@ func toStatus(err error) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrContention):
 		return status.Error(codes.Aborted, err.Error())
+	case errors.Is(err, store.ErrDenied):
+		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, store.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, store.ErrTooLarge):

@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/meridian-gw/meridian/controlplane/internal/etcdtest"
@@ -49,6 +48,19 @@ func (f failingStore) Rollback(context.Context, uint64, string, string) (uint64,
 }
 func (f failingStore) ListDataplanes(context.Context) ([]*meridianv1.DataplaneStatus, uint64, error) {
 	return nil, 0, f.err
+}
+func (f failingStore) CreateJoinToken(context.Context, *meridianv1.StoredJoinToken) error {
+	return f.err
+}
+func (f failingStore) ListJoinTokens(context.Context) ([]*meridianv1.StoredJoinToken, error) {
+	return nil, f.err
+}
+func (f failingStore) DeleteJoinToken(context.Context, string) error { return f.err }
+func (f failingStore) RevokeDataplane(context.Context, string, string, time.Time, time.Duration) error {
+	return f.err
+}
+func (f failingStore) ListAudit(context.Context, time.Time, int) ([]*meridianv1.AuditRecord, error) {
+	return nil, f.err
 }
 
 // calls invokes every admin method once with a well-formed request.
@@ -114,7 +126,7 @@ func TestErrorCodes(t *testing.T) {
 		{"other", errors.New("boom"), codes.Internal, ""},
 	}
 	for _, tt := range tests {
-		for method, call := range calls(NewServer(failingStore{tt.err}, slog.New(slog.DiscardHandler))) {
+		for method, call := range calls(NewServer(failingStore{tt.err}, Options{Logger: slog.New(slog.DiscardHandler)})) {
 			t.Run(tt.name+"/"+method, func(t *testing.T) {
 				st := status.Convert(call(context.Background()))
 				if st.Code() != tt.code {
@@ -130,7 +142,7 @@ func TestErrorCodes(t *testing.T) {
 
 func TestValidationErrorDetails(t *testing.T) {
 	problems := config.ErrorList{{Kind: "Route", Name: "r", Path: "spec.upstream", Msg: "missing"}}
-	s := NewServer(failingStore{fmt.Errorf("%w: %w", store.ErrInvalid, problems)}, nil)
+	s := NewServer(failingStore{fmt.Errorf("%w: %w", store.ErrInvalid, problems)}, Options{})
 	_, err := s.Apply(context.Background(), &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{configtest.Upstream("a", "127.0.0.1:1")}})
 	var got []*meridianv1.ConfigError
 	for _, d := range status.Convert(err).Details() {
@@ -145,7 +157,7 @@ func TestValidationErrorDetails(t *testing.T) {
 
 // TestBadRequests are refused before the store is asked.
 func TestBadRequests(t *testing.T) {
-	s := NewServer(failingStore{errors.New("store must not be called")}, nil)
+	s := NewServer(failingStore{errors.New("store must not be called")}, Options{})
 	ctx := context.Background()
 	tests := []struct {
 		name string
@@ -170,64 +182,13 @@ func TestBadRequests(t *testing.T) {
 	}
 }
 
-func TestParseTokens(t *testing.T) {
-	tests := []struct {
-		name    string
-		in      string
-		wantErr string
-		auth    map[string]string // token → principal
-	}{
-		{
-			name: "comments and blank lines",
-			in:   "# operators\n\nalice s3cret-a\n  bob   s3cret-b  \n",
-			auth: map[string]string{"s3cret-a": "alice", "s3cret-b": "bob"},
-		},
-		{name: "one field", in: "alice\n", wantErr: "line 1"},
-		{name: "three fields", in: "# x\nalice sekrit extra\n", wantErr: "line 2"},
-		{name: "duplicate token", in: "alice sekrit-1\nbob sekrit-1\n", wantErr: "line 2: same token as line 1"},
-		{name: "empty", in: "# nothing\n", wantErr: "no tokens"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			a, err := ParseTokens(strings.NewReader(tt.in))
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
-				}
-				if strings.Contains(err.Error(), "sekrit") {
-					t.Fatalf("error %q reveals a token", err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			for token, principal := range tt.auth {
-				if got, ok := a.Authenticate(token); !ok || got != principal {
-					t.Errorf("Authenticate(%q) = %q, %v; want %q", token, got, ok, principal)
-				}
-			}
-			if _, ok := a.Authenticate("nope"); ok {
-				t.Error("unknown token accepted")
-			}
-			if _, ok := a.Authenticate(""); ok {
-				t.Error("empty token accepted")
-			}
-		})
-	}
-}
-
 // serve runs the admin API backed by a real store on embedded etcd.
-func serve(t *testing.T, auth *TokenAuth) meridianv1.AdminServiceClient {
+func serve(t *testing.T) meridianv1.AdminServiceClient {
 	t.Helper()
 	st := store.New(etcdtest.Start(t), store.Options{ReplicaID: "cp", Logger: slog.New(slog.DiscardHandler)})
 	t.Cleanup(func() { st.Close() })
-	var opts []grpc.ServerOption
-	if auth != nil {
-		opts = append(opts, grpc.ChainUnaryInterceptor(auth.UnaryInterceptor()), grpc.ChainStreamInterceptor(auth.StreamInterceptor()))
-	}
-	gs := grpc.NewServer(opts...)
-	meridianv1.RegisterAdminServiceServer(gs, NewServer(st, slog.New(slog.DiscardHandler)))
+	gs := grpc.NewServer()
+	meridianv1.RegisterAdminServiceServer(gs, NewServer(st, Options{Logger: slog.New(slog.DiscardHandler)}))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -250,56 +211,8 @@ func testCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-func TestTokenAuth(t *testing.T) {
-	auth, err := ParseTokens(strings.NewReader("alice token-alice\nbob token-bob\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	client := serve(t, auth)
-	tests := []struct {
-		name   string
-		header string // authorization metadata; "" = none
-		code   codes.Code
-		author string
-	}{
-		{"missing", "", codes.Unauthenticated, ""},
-		{"wrong", "Bearer token-mallory", codes.Unauthenticated, ""},
-		{"not bearer", "Basic token-alice", codes.Unauthenticated, ""},
-		{"right", "Bearer token-alice", codes.OK, "alice"},
-		{"scheme is case-insensitive", "bearer token-bob", codes.OK, "bob"},
-	}
-	for i, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ctx := testCtx(t)
-			if tt.header != "" {
-				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", tt.header)
-			}
-			_, err := client.Apply(ctx, &meridianv1.ApplyRequest{
-				Resources: []*meridianv1.Resource{configtest.Upstream("u", fmt.Sprintf("127.0.0.1:%d", 1000+i))},
-				Author:    "claimed",
-			})
-			if status.Code(err) != tt.code {
-				t.Fatalf("Apply: %v, want %v", err, tt.code)
-			}
-			if err != nil {
-				if strings.Contains(err.Error(), "token-") {
-					t.Fatalf("error reveals a token: %v", err)
-				}
-				return
-			}
-			hist, err := client.History(ctx, &meridianv1.HistoryRequest{Limit: 1})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := hist.GetEntries()[0].GetAuthor(); got != tt.author {
-				t.Fatalf("author = %q, want the principal %q", got, tt.author)
-			}
-		})
-	}
-}
-
 func TestAdminOverStore(t *testing.T) {
-	client := serve(t, nil)
+	client := serve(t)
 	ctx := testCtx(t)
 
 	// Dry run: summary, nothing written.

@@ -5,14 +5,14 @@ package discovery
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
-	"strings"
 	"sync"
 	"time"
-	"unicode"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -22,8 +22,10 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/meridian-gw/meridian/controlplane/internal/auth"
 	"github.com/meridian-gw/meridian/controlplane/internal/metrics"
 	"github.com/meridian-gw/meridian/controlplane/internal/snapshot"
+	"github.com/meridian-gw/meridian/proto/identity"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
 
@@ -70,10 +72,19 @@ type Options struct {
 	// Metrics records snapshot sends, NACKs and how long versions take
 	// to reach data planes; nil records nothing.
 	Metrics *metrics.Metrics
+	// Certificates, when set, must accept a data plane's client
+	// certificate before its stream opens. Nil (--insecure) checks
+	// nothing: the node id is whatever the data plane says.
+	Certificates CertificateChecker
 }
 
-// maxNodeIDLen keeps node ids usable as etcd key parts and table cells.
-const maxNodeIDLen = 253
+// CertificateChecker decides whether a data plane's certificate, already
+// verified against a trusted CA by TLS, may open its node's stream: it
+// must be the node's current certificate and not revoked. It returns the
+// labels the node's identity carries (its join token's).
+type CertificateChecker interface {
+	CheckDataplane(ctx context.Context, nodeID string, cert *x509.Certificate) (labels map[string]string, err error)
+}
 
 // Server implements meridianv1.ConfigDiscoveryServiceServer.
 type Server struct {
@@ -86,9 +97,15 @@ type Server struct {
 	log     *slog.Logger
 	refresh time.Duration
 	timeout time.Duration
+	certs   CertificateChecker
 
 	closeOnce sync.Once
 	done      chan struct{}
+
+	// streams holds the open streams by node id, so a revocation can
+	// close them.
+	mu      sync.Mutex
+	streams map[string]map[*handler]struct{}
 }
 
 // NewServer returns a server streaming snapshots from source and recording
@@ -111,7 +128,9 @@ func NewServer(source SnapshotSource, recorder StatusRecorder, opts Options) *Se
 		log:     opts.Logger,
 		refresh: opts.RefreshInterval,
 		timeout: opts.StatusTimeout,
+		certs:   opts.Certificates,
 		done:    make(chan struct{}),
+		streams: map[string]map[*handler]struct{}{},
 	}
 }
 
@@ -132,8 +151,15 @@ func (s *Server) StreamSnapshots(stream meridianv1.ConfigDiscoveryService_Stream
 		}
 		return err
 	}
-	if err := checkNodeID(first.GetNode().GetId()); err != nil {
+	if first.GetNode().GetId() == "" {
+		return status.Error(codes.InvalidArgument, "the first message must carry node.id")
+	}
+	if err := identity.CheckNodeID(first.GetNode().GetId()); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	node := proto.CloneOf(first.GetNode())
+	if err := s.authorize(ctx, node); err != nil {
+		return err
 	}
 	select {
 	case <-s.done:
@@ -149,8 +175,9 @@ func (s *Server) StreamSnapshots(stream meridianv1.ConfigDiscoveryService_Stream
 		log:       s.log.With("node", first.GetNode().GetId(), "peer", peerAddr(ctx)),
 		connected: now,
 		held:      held{first.GetVersion(), first.GetHash()},
+		revoked:   make(chan struct{}),
 		status: &meridianv1.DataplaneStatus{
-			Node:           proto.CloneOf(first.GetNode()),
+			Node:           node,
 			PeerAddress:    peerAddr(ctx),
 			AppliedVersion: first.GetVersion(),
 			AppliedHash:    first.GetHash(),
@@ -158,19 +185,64 @@ func (s *Server) StreamSnapshots(stream meridianv1.ConfigDiscoveryService_Stream
 			LastSeen:       timestamppb.New(now),
 		},
 	}
+	s.track(h)
+	defer s.untrack(h)
 	return h.run(ctx)
 }
 
-func checkNodeID(id string) error {
-	switch {
-	case id == "":
-		return errors.New("the first message must carry node.id")
-	case len(id) > maxNodeIDLen:
-		return errors.New("node.id is longer than 253 bytes")
-	case strings.ContainsFunc(id, func(r rune) bool { return r == '/' || unicode.IsSpace(r) || !unicode.IsPrint(r) }):
-		return errors.New("node.id must not contain '/', spaces or control characters")
+// authorize checks that the stream's certificate belongs to node, and
+// gives node the labels of its identity, which win over its own.
+func (s *Server) authorize(ctx context.Context, node *meridianv1.Node) error {
+	c, ok := auth.FromContext(ctx)
+	if s.certs == nil || ok && c.Insecure {
+		return nil
 	}
+	if !ok || c.NodeID == "" {
+		return status.Error(codes.Unauthenticated, "a data-plane client certificate is required")
+	}
+	if c.NodeID != node.GetId() {
+		return status.Errorf(codes.PermissionDenied, "the client certificate is data plane %q's, not %q's", c.NodeID, node.GetId())
+	}
+	labels, err := s.certs.CheckDataplane(ctx, c.NodeID, c.Certificate)
+	if err != nil {
+		return status.Errorf(codes.PermissionDenied, "data plane %q: %v", c.NodeID, err)
+	}
+	if len(labels) > 0 && node.Labels == nil {
+		node.Labels = map[string]string{}
+	}
+	maps.Copy(node.Labels, labels)
 	return nil
+}
+
+func (s *Server) track(h *handler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id := h.status.GetNode().GetId()
+	if s.streams[id] == nil {
+		s.streams[id] = map[*handler]struct{}{}
+	}
+	s.streams[id][h] = struct{}{}
+}
+
+func (s *Server) untrack(h *handler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id := h.status.GetNode().GetId()
+	delete(s.streams[id], h)
+	if len(s.streams[id]) == 0 {
+		delete(s.streams, id)
+	}
+}
+
+// Revoke ends the streams of data plane nodeID on this replica at once;
+// it fits store.WatchRevocations. The certificate checks refuse the node's
+// reconnects.
+func (s *Server) Revoke(nodeID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for h := range s.streams[nodeID] {
+		h.revokeOnce.Do(func() { close(h.revoked) })
+	}
 }
 
 func peerAddr(ctx context.Context) string {
@@ -212,6 +284,9 @@ type handler struct {
 	// then the fleet size waits, so that a data plane due a snapshot gets
 	// it first.
 	sawSnapshot bool
+	// revoked is closed when the data plane is revoked.
+	revoked    chan struct{}
+	revokeOnce sync.Once
 }
 
 func (h *handler) run(ctx context.Context) error {
@@ -279,6 +354,9 @@ func (h *handler) run(ctx context.Context) error {
 			return status.FromContextError(ctx.Err()).Err()
 		case <-s.done:
 			return status.Error(codes.Unavailable, "control plane shutting down")
+		case <-h.revoked:
+			h.log.Warn("data plane revoked; stream closed")
+			return status.Error(codes.PermissionDenied, "this data plane was revoked")
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
 				return nil

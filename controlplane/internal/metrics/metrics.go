@@ -169,17 +169,34 @@ func (m *Metrics) ObserveEtcdRequest(operation string, d time.Duration, err erro
 }
 
 // UnaryServerInterceptor counts admin calls by method and status code.
-// Chain it before the authentication interceptor so rejected calls count
-// too. The gRPC server only runs interceptors for registered methods, so
-// the method label stays bounded.
+// The gRPC server only runs interceptors for registered methods, so the
+// method label stays bounded. Calls refused before they reach it (by the
+// authentication tap handle) are counted with CountRefused.
 func (m *Metrics) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
-	adminPrefix := "/" + meridianv1.AdminService_ServiceDesc.ServiceName + "/"
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		resp, err := handler(ctx, req)
-		if m != nil {
-			method := strings.TrimPrefix(info.FullMethod, adminPrefix)
-			m.adminRequests.WithLabelValues(method, status.Code(err).String()).Inc()
+		if m != nil && strings.HasPrefix(info.FullMethod, adminPrefix()) {
+			m.adminRequests.WithLabelValues(strings.TrimPrefix(info.FullMethod, adminPrefix()), status.Code(err).String()).Inc()
 		}
 		return resp, err
+	}
+}
+
+// adminPrefix starts the full name of every AdminService method.
+func adminPrefix() string { return "/" + meridianv1.AdminService_ServiceDesc.ServiceName + "/" }
+
+// CountRefused counts an admin call refused before it was served. Only the
+// AdminService's own methods are counted: a refused call may name any
+// method, and the label must stay bounded.
+func (m *Metrics) CountRefused(fullMethod string, err error) {
+	if m == nil || !strings.HasPrefix(fullMethod, adminPrefix()) {
+		return
+	}
+	method := strings.TrimPrefix(fullMethod, adminPrefix())
+	for _, known := range meridianv1.AdminService_ServiceDesc.Methods {
+		if known.MethodName == method {
+			m.adminRequests.WithLabelValues(method, status.Code(err).String()).Inc()
+			return
+		}
 	}
 }

@@ -61,7 +61,28 @@ meridian_controlplane_admin_requests_total{code="InvalidArgument",method="Apply"
 meridian_controlplane_admin_requests_total{code="OK",method="Apply"} 2
 meridian_controlplane_admin_requests_total{code="Unauthenticated",method="List"} 1
 meridian_controlplane_admin_requests_total{code="Unknown",method="List"} 1
-meridian_controlplane_admin_requests_total{code="OK",method="/other.Service/Call"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "meridian_controlplane_admin_requests_total"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCountRefused: calls refused before any handler count under their
+// method, but only the AdminService's real methods, so a caller naming
+// arbitrary methods cannot grow the label set.
+func TestCountRefused(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+	denied := status.Error(codes.PermissionDenied, "role viewer")
+	m.CountRefused("/meridian.v1.AdminService/Apply", denied)
+	m.CountRefused("/meridian.v1.AdminService/Apply", denied)
+	m.CountRefused("/meridian.v1.AdminService/NoSuchMethod", denied)
+	m.CountRefused("/meridian.v1.IdentityService/Enrol", denied)
+	m.CountRefused("/x/y", denied)
+	want := `
+# HELP meridian_controlplane_admin_requests_total Admin API calls, by method and gRPC status code.
+# TYPE meridian_controlplane_admin_requests_total counter
+meridian_controlplane_admin_requests_total{code="PermissionDenied",method="Apply"} 2
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "meridian_controlplane_admin_requests_total"); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package store
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -47,15 +48,20 @@ func (s *Store) Apply(ctx context.Context, in ApplyInput) (uint64, []*meridianv1
 	for _, r := range in.Resources {
 		given[config.Key(r)] = true
 	}
-	desired := func(_ context.Context, st *state) ([]*meridianv1.Resource, error) {
+	desired := func(ctx context.Context, st *state) ([]*meridianv1.Resource, error) {
 		// Resources from the input come first and keep their order, so
 		// validation errors count documents the way the operator wrote them.
 		out := slices.Clone(in.Resources)
-		if !in.Prune {
-			for _, key := range sortedKeys(st.resources) {
-				if !given[key] {
-					out = append(out, st.resources[key].GetResource())
-				}
+		if in.Prune {
+			return out, nil
+		}
+		recorded, err := s.recorded(ctx, st)
+		if err != nil {
+			return nil, err
+		}
+		for _, key := range sortedKeys(recorded) {
+			if !given[key] {
+				out = append(out, recorded[key])
 			}
 		}
 		return out, nil
@@ -83,14 +89,18 @@ func (s *Store) Delete(ctx context.Context, kind, name, message, author string, 
 	}
 	key := kind + "/" + name
 	version, _, err := s.mutate(ctx, mutation{
-		desired: func(_ context.Context, st *state) ([]*meridianv1.Resource, error) {
-			if _, ok := st.resources[key]; !ok {
+		desired: func(ctx context.Context, st *state) ([]*meridianv1.Resource, error) {
+			recorded, err := s.recorded(ctx, st)
+			if err != nil {
+				return nil, err
+			}
+			if _, ok := recorded[key]; !ok {
 				return nil, fmt.Errorf("%w: %s %q", ErrNotFound, kind, name)
 			}
 			var out []*meridianv1.Resource
-			for _, k := range sortedKeys(st.resources) {
+			for _, k := range sortedKeys(recorded) {
 				if k != key {
-					out = append(out, st.resources[k].GetResource())
+					out = append(out, recorded[k])
 				}
 			}
 			return out, nil
@@ -134,6 +144,28 @@ func (s *Store) Rollback(ctx context.Context, target uint64, message, author str
 		return c.GetAction() == meridianv1.ChangeAction_CHANGE_ACTION_UNCHANGED
 	})
 	return version, restored, changes, err
+}
+
+// recorded returns the configuration of st's version as its history
+// record holds it. Changes build on it rather than on the resource keys,
+// so a key written behind the control plane's back is not taken into the
+// next version: the plan undoes it (and its summary shows that).
+func (s *Store) recorded(ctx context.Context, st *state) (map[string]*meridianv1.Resource, error) {
+	out := map[string]*meridianv1.Resource{}
+	if st.version == 0 {
+		return out, nil
+	}
+	rec, err := s.Record(ctx, st.version)
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("%w: version %d has no history record: etcd was changed behind the control plane's back; roll back to a recorded version", ErrInvalid, st.version)
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range rec.GetResources() {
+		out[config.Key(r)] = r
+	}
+	return out, nil
 }
 
 // mutation describes one write: how to compute the whole desired
@@ -369,18 +401,30 @@ func (s *Store) commit(ctx context.Context, st *state, p *plan, desired []*merid
 	if err != nil {
 		return false, fmt.Errorf("encode history: %w", err)
 	}
+	if len(b) > config.MaxApplyBytes {
+		return false, fmt.Errorf("%w: the configuration would be %.1f MiB; the limit is %d MiB for one apply and for the whole configuration",
+			ErrTooLarge, float64(len(b))/(1<<20), config.MaxApplyBytes>>20)
+	}
 	ops = append(ops,
 		clientv3.OpPut(s.versionKey(), fmt.Sprint(next)),
 		clientv3.OpPut(s.historyKey(next), string(b)),
 	)
 	start := time.Now()
 	resp, err := s.client.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(s.versionKey()), "=", st.versionRev)).
+		If(clientv3.Compare(clientv3.ModRevision(s.versionKey()), "=", st.versionRev),
+			// A record is never overwritten, even if the version key was
+			// set back behind the control plane's back.
+			clientv3.Compare(clientv3.CreateRevision(s.historyKey(next)), "=", 0)).
 		Then(ops...).
+		Else(clientv3.OpGet(s.versionKey())).
 		Commit()
 	s.observe(opCommit, start, err)
 	if err != nil {
 		return false, etcdError(err)
+	}
+	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); !resp.Succeeded && len(kvs) == 1 && kvs[0].ModRevision == st.versionRev {
+		// Nobody else wrote: the record of the next version exists.
+		return false, fmt.Errorf("%w: version %d is already recorded in the history, but etcd's version key says %d: it was set back behind the control plane's back; set it to the newest recorded version", ErrInvalid, next, st.version)
 	}
 	return resp.Succeeded, nil
 }

@@ -10,6 +10,14 @@
 //	history/<%020d version>   meridianv1.HistoryRecord
 //	dataplanes/<node id>      meridianv1.DataplaneStatus (persistent)
 //	dataplanes-live/<node id> "<replica id> <stream id>", under the serving replica's lease
+//	audit/<%020d unix nanos>-<8 random chars>  meridianv1.AuditRecord
+//	auth/join-tokens/<id>     meridianv1.StoredJoinToken (the secret only hashed)
+//	auth/identities/<node id> meridianv1.Identity: the certificate serials that open the node's stream
+//	auth/revocations/<node id> meridianv1.Revocation, under a lease of the revocation TTL
+//	auth/ca                   meridianv1.CAPublic: the cluster CA certificate, never a key
+//
+// The auth/ records sort before history/, outside the range the
+// configuration watch follows, so enrolments and renewals never wake it.
 //
 // Every replica watches the configuration keys and the history records,
 // which carry each version's commit time (Watch), and counts the

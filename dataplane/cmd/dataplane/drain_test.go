@@ -56,7 +56,7 @@ func bootSnapshot(t *testing.T, ctx context.Context, version uint64, rs []*merid
 	go func() {
 		done <- run(ctx, append([]string{
 			"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-			"--controlplane", deadAddr, "--cache-dir", dir, "--node-id", "test",
+			"--controlplane", deadAddr, "--cache-dir", dir, "--node-id", "test", "--insecure",
 		}, args...), env(nil), outW, io.Discard)
 		outW.Close()
 	}()

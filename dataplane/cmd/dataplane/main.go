@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -32,12 +33,14 @@ import (
 	"github.com/meridian-gw/meridian/dataplane/internal/admin"
 	"github.com/meridian-gw/meridian/dataplane/internal/cache"
 	"github.com/meridian-gw/meridian/dataplane/internal/clientip"
+	"github.com/meridian-gw/meridian/dataplane/internal/enrolment"
 	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
 	"github.com/meridian-gw/meridian/dataplane/internal/metrics"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
 	"github.com/meridian-gw/meridian/dataplane/internal/ratelimit/global"
 	"github.com/meridian-gw/meridian/dataplane/internal/server"
 	cpsync "github.com/meridian-gw/meridian/dataplane/internal/sync"
+	"github.com/meridian-gw/meridian/proto/identity"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 	"github.com/meridian-gw/meridian/proto/tracing"
 )
@@ -64,6 +67,9 @@ type options struct {
 	server       server.Config
 	drainTimeout time.Duration
 	controlplane []string
+	joinToken    *identity.JoinToken // nil: none given
+	cpFiles      *enrolment.Files    // nil: no --controlplane-ca/-cert/-key
+	insecure     bool
 	nodeID       string
 	labels       map[string]string
 	cacheDir     string
@@ -82,6 +88,11 @@ type options struct {
 
 // errUsage marks errors that exit with status 2.
 var errUsage = errors.New("usage")
+
+// noCredentialsHelp follows enrolment.ErrNoCredentials on the one line
+// printed when no way to reach the control plane was given.
+const noCredentialsHelp = "pass --join-token (or --join-token-file, MERIDIAN_JOIN_TOKEN) from 'gatewayctl tokens create', " +
+	"or --controlplane-ca/--controlplane-cert/--controlplane-key, or --insecure for a control plane started with --insecure"
 
 // parseFlags reads flags, falling back to MERIDIAN_<FLAG_NAME> environment
 // variables for flags not given on the command line.
@@ -108,6 +119,12 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	maxHeaderBytes := fs.Int("max-header-bytes", server.DefaultMaxHeaderBytes, "largest request line and headers accepted, in bytes")
 	drainTimeout := fs.Duration("drain-timeout", server.DefaultDrainTimeout, "on SIGTERM, time in-flight requests get to finish")
 	controlplane := fs.String("controlplane", "127.0.0.1:7400", "control-plane addresses, comma-separated, tried in order")
+	joinToken := fs.String("join-token", "", "join token from 'gatewayctl tokens create', used to enrol when <cache-dir>/identity holds no usable certificate; prefer --join-token-file or MERIDIAN_JOIN_TOKEN, which process listings do not show")
+	joinTokenFile := fs.String("join-token-file", "", "file holding the join token (instead of --join-token)")
+	cpCA := fs.String("controlplane-ca", "", "own PKI: CA bundle (PEM) that verifies the control plane; with --controlplane-cert and --controlplane-key instead of enrolment; the files are reloaded when they change")
+	cpCert := fs.String("controlplane-cert", "", "own PKI: client certificate chain (PEM) whose URI SAN is spiffe://meridian/dataplane/<node-id>")
+	cpKey := fs.String("controlplane-key", "", "own PKI: private key (PEM) of --controlplane-cert")
+	insecure := fs.Bool("insecure", false, "plaintext to the control plane, without credentials; only for a control plane started with --insecure")
 	nodeID := fs.String("node-id", hostname, "this data plane's id")
 	labels := fs.String("labels", "", "node labels, k=v,k=v")
 	cacheDir := fs.String("cache-dir", "./dataplane-cache", "directory of the last-known-good snapshot")
@@ -199,6 +216,9 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	if o.nodeID == "" {
 		return nil, fmt.Errorf("%w: --node-id is required (the hostname is unknown)", errUsage)
 	}
+	if err := credentialFlags(o, *joinToken, *joinTokenFile, *cpCA, *cpCert, *cpKey, *insecure); err != nil {
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
 	if o.labels, err = parseLabels(*labels); err != nil {
 		return nil, fmt.Errorf("%w: --labels: %v", errUsage, err)
 	}
@@ -225,6 +245,60 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 		return nil, fmt.Errorf("%w: --access-log-sample: %v is not between 0 and 1", errUsage, o.accessSample)
 	}
 	return o, nil
+}
+
+// credentialFlags checks that at most one way to authenticate to the
+// control plane was given and fills it into o. Whether there is one at all
+// depends on the stored identity, which enrolment.New decides.
+func credentialFlags(o *options, token, tokenFile, ca, cert, key string, insecure bool) error {
+	var err error
+	if o.joinToken, err = joinTokenFlags(token, tokenFile); err != nil {
+		return err
+	}
+	switch {
+	case ca != "" && cert != "" && key != "":
+		o.cpFiles = &enrolment.Files{CA: ca, Cert: cert, Key: key}
+	case ca != "" || cert != "" || key != "":
+		return errors.New("--controlplane-ca, --controlplane-cert and --controlplane-key go together; give all three")
+	}
+	o.insecure = insecure
+	modes := 0
+	for _, given := range []bool{o.joinToken != nil, o.cpFiles != nil, insecure} {
+		if given {
+			modes++
+		}
+	}
+	if modes > 1 {
+		return errors.New("--join-token, --controlplane-ca/--controlplane-cert/--controlplane-key and --insecure exclude each other; choose one")
+	}
+	return nil
+}
+
+// joinTokenFlags reads the join token from --join-token or the file of
+// --join-token-file (nil when neither is given). Errors never repeat it.
+func joinTokenFlags(token, file string) (*identity.JoinToken, error) {
+	if token != "" && file != "" {
+		return nil, errors.New("--join-token and --join-token-file exclude each other; give one")
+	}
+	source := "--join-token"
+	if file != "" {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("--join-token-file: %w", err)
+		}
+		token, source = string(data), "--join-token-file "+file
+		if strings.TrimSpace(token) == "" {
+			return nil, fmt.Errorf("%s: the file is empty", source)
+		}
+	}
+	if token == "" {
+		return nil, nil
+	}
+	t, err := identity.ParseJoinToken(token)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", source, err)
+	}
+	return &t, nil
 }
 
 // appendList appends the comma-separated items of v to list.
@@ -387,6 +461,18 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		fmt.Fprintf(stderr, "dataplane: --tls-cert: %v\n", err)
 		return 1
 	}
+	creds, err := enrolment.New(enrolment.Config{
+		Dir: filepath.Join(o.cacheDir, "identity"), NodeID: o.nodeID, Addresses: o.controlplane,
+		Token: o.joinToken, Files: o.cpFiles, Insecure: o.insecure, Log: log,
+	})
+	switch {
+	case errors.Is(err, enrolment.ErrNoCredentials):
+		fmt.Fprintf(stderr, "dataplane: %v: %s\n", err, noCredentialsHelp)
+		return 2
+	case err != nil:
+		fmt.Fprintf(stderr, "dataplane: %v\n", err)
+		return 1
+	}
 
 	// The registry is this process's alone: nothing registers with
 	// Prometheus's global default. With --metrics=false there is none and
@@ -457,9 +543,10 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		Node: &meridianv1.Node{
 			Id: o.nodeID, Labels: o.labels, BuildVersion: version, ListenAddress: ln.Addr().String(),
 		},
-		Applier: controlPlaneApplier{gw: gw, cache: store, log: log},
-		OnFleet: gw.SetFleetSize,
-		Log:     log,
+		Applier:     controlPlaneApplier{gw: gw, cache: store, log: log},
+		OnFleet:     gw.SetFleetSize,
+		Log:         log,
+		Credentials: creds.TransportCredentials,
 	}
 	if tp != nil {
 		syncConfig.TracerProvider = tp
@@ -506,12 +593,22 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 			cancel()
 		}
 	}
-	wg.Add(3)
+	wg.Add(4)
 	go serve(ln, traffic.Serve)
 	go serve(adminLn, adminSrv.Serve)
+	// Enrolment may wait for a control plane; traffic is served from the
+	// cache meanwhile, and the stream opens once there are credentials.
 	go func() {
 		defer wg.Done()
-		client.Run(ctx)
+		creds.Run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		select {
+		case <-creds.Ready():
+			client.Run(ctx)
+		case <-ctx.Done():
+		}
 	}()
 	fmt.Fprintf(stdout, "dataplane listening on %s\n", ln.Addr())
 	attrs := []any{"listen", ln.Addr().String(), "admin", adminLn.Addr().String(),

@@ -209,6 +209,124 @@ func TestParseFlags(t *testing.T) {
 	}
 }
 
+// testToken is well formed; no control plane knows it.
+var testToken = "abcdefgh." + strings.Repeat("s", 32) + "." + strings.Repeat("0", 64)
+
+func TestCredentialFlags(t *testing.T) {
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := writeFile(tokenFile, []byte(testToken+"\n")); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		check   func(t *testing.T, o *options)
+		wantErr string
+	}{
+		{name: "none given", check: func(t *testing.T, o *options) {
+			if o.joinToken != nil || o.cpFiles != nil || o.insecure {
+				t.Errorf("credentials = %v %v %v", o.joinToken, o.cpFiles, o.insecure)
+			}
+		}},
+		{name: "token flag", args: []string{"--join-token", testToken}, check: func(t *testing.T, o *options) {
+			if o.joinToken == nil || o.joinToken.String() != testToken {
+				t.Errorf("token = %v", o.joinToken)
+			}
+		}},
+		{name: "token from env", env: map[string]string{"MERIDIAN_JOIN_TOKEN": testToken}, check: func(t *testing.T, o *options) {
+			if o.joinToken == nil || o.joinToken.ID != "abcdefgh" {
+				t.Errorf("token = %v", o.joinToken)
+			}
+		}},
+		{name: "token file", args: []string{"--join-token-file", tokenFile}, check: func(t *testing.T, o *options) {
+			if o.joinToken == nil || o.joinToken.String() != testToken {
+				t.Errorf("token = %v", o.joinToken)
+			}
+		}},
+		{name: "own PKI", args: []string{"--controlplane-ca", "ca.pem", "--controlplane-cert", "c.pem", "--controlplane-key", "k.pem"},
+			check: func(t *testing.T, o *options) {
+				if f := o.cpFiles; f == nil || f.CA != "ca.pem" || f.Cert != "c.pem" || f.Key != "k.pem" {
+					t.Errorf("files = %+v", f)
+				}
+			}},
+		{name: "insecure from env", env: map[string]string{"MERIDIAN_INSECURE": "true"}, check: func(t *testing.T, o *options) {
+			if !o.insecure {
+				t.Error("MERIDIAN_INSECURE not applied")
+			}
+		}},
+		{name: "both token flags", args: []string{"--join-token", testToken, "--join-token-file", tokenFile}, wantErr: "--join-token and --join-token-file exclude each other"},
+		{name: "token flag and token file from env", args: []string{"--join-token-file", tokenFile}, env: map[string]string{"MERIDIAN_JOIN_TOKEN": testToken}, wantErr: "exclude each other"},
+		{name: "malformed token", args: []string{"--join-token", "secret-ish-value"}, wantErr: "--join-token: malformed join token"},
+		{name: "malformed token file", args: []string{"--join-token-file", "main.go"}, wantErr: "--join-token-file main.go: malformed join token"},
+		{name: "missing token file", args: []string{"--join-token-file", "/nonexistent/token"}, wantErr: "--join-token-file: open /nonexistent/token"},
+		{name: "partial own PKI", args: []string{"--controlplane-cert", "c.pem", "--controlplane-key", "k.pem"}, wantErr: "give all three"},
+		{name: "token and insecure", args: []string{"--join-token", testToken, "--insecure"}, wantErr: "exclude each other"},
+		{name: "own PKI and token", args: []string{"--controlplane-ca", "a", "--controlplane-cert", "b", "--controlplane-key", "c", "--join-token-file", tokenFile}, wantErr: "exclude each other"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parseFlags(tt.args, env(tt.env), io.Discard)
+			if tt.wantErr != "" {
+				if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want usage error containing %q", err, tt.wantErr)
+				}
+				if strings.Contains(err.Error(), "secret-ish") || strings.Contains(err.Error(), strings.Repeat("s", 32)) {
+					t.Errorf("error repeats the token: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, o)
+		})
+	}
+}
+
+// TestNoCredentials: with nothing to authenticate with the program says,
+// on one line, which flags would do.
+func TestNoCredentials(t *testing.T) {
+	var stderr strings.Builder
+	code := run(context.Background(), []string{"--cache-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, env(nil), io.Discard, &stderr)
+	out := stderr.String()
+	if code != 2 || strings.Count(out, "\n") != 1 || !strings.HasPrefix(out, "dataplane: no control-plane credentials: pass --join-token") {
+		t.Fatalf("exit %d, stderr %q", code, out)
+	}
+	for _, flag := range []string{"--join-token-file", "MERIDIAN_JOIN_TOKEN", "--controlplane-ca/--controlplane-cert/--controlplane-key", "--insecure"} {
+		if !strings.Contains(out, flag) {
+			t.Errorf("stderr does not name %s: %q", flag, out)
+		}
+	}
+}
+
+// TestEnrolmentDoesNotBlockTraffic: with a join token and no control
+// plane, the program still serves, and never logs the token.
+func TestEnrolmentDoesNotBlockTraffic(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, logs syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--controlplane", "127.0.0.1:1",
+			"--cache-dir", t.TempDir(), "--node-id", "n1"}, env(map[string]string{"MERIDIAN_JOIN_TOKEN": testToken}), &out, &logs)
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	booted := func() bool {
+		return strings.Contains(logs.String(), "no control plane answered") && strings.Contains(out.String(), "admin listening on")
+	}
+	for !booted() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	waitExit(t, done)
+	if !booted() {
+		t.Errorf("output %q, log:\n%s", out.String(), logs.String())
+	}
+	if strings.Contains(logs.String(), strings.Repeat("s", 32)) {
+		t.Errorf("log shows the token:\n%s", logs.String())
+	}
+}
+
 func TestUsageExitCode(t *testing.T) {
 	var stderr strings.Builder
 	if code := run(context.Background(), []string{"--labels", "x"}, env(nil), io.Discard, &stderr); code != 2 {
@@ -252,7 +370,7 @@ func TestBootFromCache(t *testing.T) {
 	go func() {
 		done <- run(ctx, []string{
 			"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-			"--controlplane", deadAddr, "--cache-dir", dir, "--node-id", "test",
+			"--controlplane", deadAddr, "--cache-dir", dir, "--node-id", "test", "--insecure",
 		}, env(nil), outW, io.Discard)
 		outW.Close()
 	}()
@@ -332,7 +450,7 @@ func TestCorruptCacheIgnored(t *testing.T) {
 	var out syncBuffer
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--controlplane", "127.0.0.1:1", "--cache-dir", dir}, env(nil), &out, io.Discard)
+		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--controlplane", "127.0.0.1:1", "--cache-dir", dir, "--insecure"}, env(nil), &out, io.Discard)
 	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(out.String(), "admin listening on") && time.Now().Before(deadline) {

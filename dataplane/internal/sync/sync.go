@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
@@ -64,7 +65,12 @@ type Config struct {
 	// a snapshot, to count as healthy and reset the backoff. Default:
 	// MaxBackoff.
 	HealthyAfter time.Duration
-	// DialOptions are appended to the defaults (plaintext, keepalive
+	// Credentials returns the transport credentials for one control-plane
+	// address. It is called for every connection to that address, so
+	// credentials that change (a renewed CA bundle) apply from the next
+	// one. Nil: plaintext (--insecure).
+	Credentials func(addr string) credentials.TransportCredentials
+	// DialOptions are appended to the defaults (Credentials, keepalive
 	// pings every 10s, 5s connect timeout).
 	DialOptions []grpc.DialOption
 	// OnFleet, when set, receives every fleet size the control plane
@@ -185,11 +191,15 @@ func (c *Client) backoff(attempt int) time.Duration {
 	return rand.N(d + 1)
 }
 
-func (c *Client) dialOptions() []grpc.DialOption {
+func (c *Client) dialOptions(addr string) []grpc.DialOption {
 	bc := backoff.DefaultConfig
 	bc.BaseDelay, bc.MaxDelay = c.cfg.MinBackoff, c.cfg.MaxBackoff
+	creds := insecure.NewCredentials()
+	if c.cfg.Credentials != nil {
+		creds = c.cfg.Credentials(addr)
+	}
 	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: DefaultKeepalive, Timeout: DefaultKeepalive / 2}),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: bc, MinConnectTimeout: DefaultConnectTimeout}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxSnapshotBytes)),
@@ -202,7 +212,7 @@ func (c *Client) dialOptions() []grpc.DialOption {
 // reports whether the stream delivered a snapshot or stayed up long enough
 // to count as a working connection.
 func (c *Client) session(ctx context.Context, addr string) (healthy bool, err error) {
-	conn, err := grpc.NewClient(addr, c.dialOptions()...)
+	conn, err := grpc.NewClient(addr, c.dialOptions(addr)...)
 	if err != nil {
 		return false, fmt.Errorf("dial: %w", err)
 	}

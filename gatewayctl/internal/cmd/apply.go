@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -39,20 +40,24 @@ func NewApplyCommand(o *Options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			client, err := o.admin()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := o.rpcContext(c.Context())
-			defer cancel()
-			resp, err := client.Apply(ctx, &meridianv1.ApplyRequest{
+			req := &meridianv1.ApplyRequest{
 				Resources:       resources,
 				DryRun:          dryRun,
 				Prune:           prune,
 				Message:         message,
 				Author:          o.author(),
 				ExpectedVersion: expected,
-			})
+			}
+			if err := checkApplySize("apply", req); err != nil {
+				return err
+			}
+			client, err := o.admin()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := o.rpcContext(c.Context())
+			defer cancel()
+			resp, err := client.Apply(ctx, req)
 			if err != nil {
 				return err
 			}
@@ -124,6 +129,28 @@ func (o *Options) loadResources(paths []string) ([]*meridianv1.Resource, error) 
 		return nil, err
 	}
 	return config.Resources(docs), nil
+}
+
+// checkApplySize refuses, before anything is sent, a request larger than
+// config.MaxApplyBytes, which the control plane would refuse anyway; what
+// names the request in the message.
+func checkApplySize(what string, req proto.Message) error {
+	n := proto.Size(req)
+	if n <= config.MaxApplyBytes {
+		return nil
+	}
+	return fmt.Errorf("the %s is %s; one apply may be at most %s (config.MaxApplyBytes): split the files into several applies",
+		what, mebibytes(n), mebibytes(config.MaxApplyBytes))
+}
+
+// mebibytes reads "8 MiB" or "9.3 MiB", rounded up so that a size just
+// past a limit never reads as the limit.
+func mebibytes(n int) string {
+	tenths := (n*10 + (1<<20 - 1)) >> 20
+	if tenths%10 == 0 {
+		return fmt.Sprintf("%d MiB", tenths/10)
+	}
+	return fmt.Sprintf("%d.%d MiB", tenths/10, tenths%10)
 }
 
 // writeOutcome writes one line per change, kubectl style, then last.

@@ -11,6 +11,7 @@ import (
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -156,7 +157,17 @@ func TestExitCodes(t *testing.T) {
 		{name: "conflict", args: []string{"delete", "route", "get-user"}, fail: map[string]error{"Delete": status.Error(codes.Aborted, "Route \"get-user\" changed in version 9")},
 			wantCode: 1, wantCalls: 1, wantStderr: []string{"error: conflict: Route \"get-user\" changed in version 9; re-run diff and apply again"}},
 		{name: "unauthenticated", args: []string{"history"}, fail: map[string]error{"History": status.Error(codes.Unauthenticated, "bad token")},
-			wantCode: 1, wantCalls: 1, wantStderr: []string{"error: not authorized: check --token or MERIDIAN_TOKEN\n"}},
+			wantCode: 1, wantCalls: 1, wantStderr: []string{"error: not authenticated: bad token; check --token, MERIDIAN_TOKEN or the token in --config\n"}},
+		{name: "unauthenticated without a message", args: []string{"history"}, fail: map[string]error{"History": status.Error(codes.Unauthenticated, "")},
+			wantCode: 1, wantCalls: 1, wantStderr: []string{"error: not authenticated; check --token, MERIDIAN_TOKEN or the token in --config\n"}},
+		{name: "permission denied", args: []string{"delete", "route", "get-user"},
+			fail:     map[string]error{"Delete": status.Error(codes.PermissionDenied, "viewer \"ci\" may not call Delete (needs operator)")},
+			wantCode: 1, wantCalls: 1, wantStderr: []string{"error: permission denied: viewer \"ci\" may not call Delete (needs operator)\n"}},
+		{name: "resource exhausted", args: []string{"rollback"},
+			fail:     map[string]error{"Rollback": status.Error(codes.ResourceExhausted, "too many concurrent applies (at most 4)")},
+			wantCode: 1, wantCalls: 1, wantStderr: []string{"error: the control plane refused the request: too many concurrent applies (at most 4)\n"}},
+		{name: "insecure from env is a bool", args: []string{"get"}, env: map[string]string{"MERIDIAN_INSECURE": "maybe"}, wantCode: 2,
+			wantStderr: []string{"error: invalid MERIDIAN_INSECURE: not a valid --insecure (bool)"}},
 		{name: "invalid argument lines", args: []string{"rollback", "3"},
 			fail:     map[string]error{"Rollback": status.Error(codes.InvalidArgument, "Route \"a\": spec.upstream: unknown upstream \"x\"\nRoute \"b\": spec.timeout: must be positive")},
 			wantCode: 1, wantCalls: 1,
@@ -185,6 +196,95 @@ func TestExitCodes(t *testing.T) {
 				t.Errorf("fake received %d calls, want %d", got, tt.wantCalls)
 			}
 		})
+	}
+}
+
+func TestControlCharactersReplaced(t *testing.T) {
+	const esc = "\x1b]0;pwned\x07\x1b[2J"
+	history := &meridianv1.HistoryResponse{Entries: []*meridianv1.HistoryEntry{{
+		Version: 3, Author: "mallory\r\x1b[1A", Message: "fix " + esc + "\u009b31m",
+		Changes: []*meridianv1.Change{{Action: meridianv1.ChangeAction_CHANGE_ACTION_CREATE, Kind: "Route", Name: "r"}},
+	}}}
+	dataplanes := &meridianv1.ListDataplanesResponse{Dataplanes: []*meridianv1.DataplaneStatus{{
+		Node:  &meridianv1.Node{Id: "dp-\x1b[31mred", ListenAddress: "10.0.0.1:8080"},
+		State: meridianv1.DataplaneState_DATAPLANE_STATE_NACKED,
+		LastNack: &meridianv1.Nack{Version: 3, Error: &meridianv1.ConfigError{
+			Kind: "Route", Name: "r", Field: "spec", Message: "bad " + esc + "\u202eevil",
+		}},
+	}}}
+	apply := &meridianv1.ApplyResponse{Version: 4, Changes: []*meridianv1.Change{
+		{Action: meridianv1.ChangeAction_CHANGE_ACTION_CREATE, Kind: "Route", Name: "get-\x1b[8muser"},
+	}}
+	diff := &meridianv1.DiffResponse{Version: 4, Changes: []*meridianv1.Change{
+		{Action: meridianv1.ChangeAction_CHANGE_ACTION_UPDATE, Kind: "Route", Name: "r", Diff: "--- a\n+++ b\n-\tx: 1\n+\tx: \x1b[2J\n"},
+	}}
+	fake := newFakeAdmin().respond("History", history).respond("ListDataplanes", dataplanes).
+		respond("Apply", apply).respond("Diff", diff).
+		fail("Delete", status.Error(codes.FailedPrecondition, "Route \"r\" is used by\x1b[2K\nRoute \"s\"\u009b"))
+	addr := serve(t, fake)
+	tests := []struct {
+		name       string
+		args       []string
+		wantStdout string
+		wantStderr string
+	}{
+		{
+			name: "history messages",
+			args: []string{"history"},
+			wantStdout: "" +
+				"VERSION   TIME   AUTHOR            CHANGES     MESSAGE\n" +
+				`3         -      mallory \x1b[1A   1 created   fix \x1b]0;pwned\x07\x1b[2J\u009b31m` + "\n",
+		},
+		{
+			name: "NACK errors",
+			args: []string{"dataplanes"},
+			wantStdout: "" +
+				"ID               ADDRESS         VERSION   STATE    LAST-SEEN   ERROR\n" +
+				`dp-\x1b[31mred   10.0.0.1:8080   0         NACKED   -           Route "r": spec: bad \x1b]0;pwned\x07\x1b[2J\u202eevil` + "\n",
+		},
+		{
+			name:       "change lines",
+			args:       []string{"apply", "-f", "testdata/valid.yaml"},
+			wantStdout: `route/get-\x1b[8muser created` + "\nversion 4\n",
+		},
+		{
+			name:       "diff text keeps lines and tabs",
+			args:       []string{"diff", "-f", "testdata/valid.yaml"},
+			wantStdout: "--- a\n+++ b\n-\tx: 1\n+\tx: \\x1b[2J\n",
+		},
+		{
+			name:       "error lines",
+			args:       []string{"delete", "route", "r"},
+			wantStderr: `error: Route "r" is used by\x1b[2K` + "\n" + `error: Route "s"\u009b` + "\n",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := run(t, nil, "", append([]string{"--server", addr}, tt.args...)...)
+			if res.stdout != tt.wantStdout || res.stderr != tt.wantStderr {
+				t.Errorf("stdout:\n%q\nwant:\n%q\nstderr:\n%q\nwant:\n%q", res.stdout, tt.wantStdout, res.stderr, tt.wantStderr)
+			}
+		})
+	}
+	// JSON and YAML stay exact: scripts get what the server sent.
+	for _, format := range []string{"json", "yaml"} {
+		res := run(t, nil, "", "--server", addr, "-o", format, "history")
+		var got meridianv1.HistoryResponse
+		var err error
+		if format == "json" {
+			err = protojson.Unmarshal([]byte(res.stdout), &got)
+		} else {
+			var m map[string]any
+			if err = yaml.Unmarshal([]byte(res.stdout), &m); err == nil {
+				var data []byte
+				if data, err = json.Marshal(m); err == nil {
+					err = protojson.Unmarshal(data, &got)
+				}
+			}
+		}
+		if err != nil || !proto.Equal(&got, history) {
+			t.Errorf("-o %s: decoded %v (%v), want exactly %v", format, &got, err, history)
+		}
 	}
 }
 
@@ -504,9 +604,12 @@ func TestTokenNeverPrinted(t *testing.T) {
 	const token = "tok-S3CRET-4f9a"
 	// A careless server echoing the token back must not make us print it.
 	echo := status.Error(codes.PermissionDenied, "token "+token+" may not delete")
-	fake := fullFake().fail("Delete", echo).fail("Get", status.Error(codes.Internal, "saw "+token))
+	fake := fullFake().fail("Delete", echo).fail("Get", status.Error(codes.Internal, "saw "+token)).
+		fail("ListAudit", status.Error(codes.Unauthenticated, "unknown token "+token))
 	addr := serve(t, fake)
 	dead := deadAddress(t)
+	cfg := writeFile(t, t.TempDir(), "gatewayctl.yaml", "insecure: true\ntoken: "+token+"\n")
+	badCfg := writeFile(t, t.TempDir(), "bad.yaml", "token: "+token+"\ninsecure: "+token+"\n")
 	runs := [][]string{
 		{"get"},
 		{"get", "route", "get-user"},
@@ -514,25 +617,35 @@ func TestTokenNeverPrinted(t *testing.T) {
 		{"dataplanes", "-o", "json"},
 		{"version"},
 		{"delete", "route", "get-user"},
+		{"audit"},
+		{"tokens", "list"},
 		{"--help"},
 		{"get", "--bogus"},
 		{"--server", dead, "get"},
 		{"--timeout", "-1s", "get"},
 	}
-	for _, viaEnv := range []bool{false, true} {
+	for _, via := range []string{"flag", "env", "config"} {
 		for _, args := range runs {
 			env := map[string]string{}
 			full := append([]string{"--server", addr}, args...)
-			if viaEnv {
-				env["MERIDIAN_TOKEN"] = token
-			} else {
+			switch via {
+			case "flag":
 				full = append([]string{"--token", token}, full...)
+			case "env":
+				env["MERIDIAN_TOKEN"] = token
+			case "config":
+				env["MERIDIAN_CONFIG"] = cfg
 			}
 			res := run(t, env, "", full...)
 			if strings.Contains(res.stdout, token) || strings.Contains(res.stderr, token) {
-				t.Errorf("gatewayctl %v (token via env: %v) printed the token:\nstdout: %s\nstderr: %s", args, viaEnv, res.stdout, res.stderr)
+				t.Errorf("gatewayctl %v (token via %s) printed the token:\nstdout: %s\nstderr: %s", args, via, res.stdout, res.stderr)
 			}
 		}
+	}
+	// A config file that does not parse has not given its token yet.
+	res := run(t, nil, "", "--config", badCfg, "get")
+	if res.code != ExitUsage || strings.Contains(res.stderr, token) {
+		t.Errorf("broken config file: exit code %d, stderr %q; want %d and no token", res.code, res.stderr, ExitUsage)
 	}
 	// And the token did travel, as metadata.
 	for _, c := range fake.recorded() {

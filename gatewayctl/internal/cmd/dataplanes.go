@@ -15,15 +15,18 @@ import (
 
 // NewDataplanesCommand returns `gatewayctl dataplanes`.
 func NewDataplanesCommand(o *Options) *cobra.Command {
-	return &cobra.Command{
+	c := &cobra.Command{
 		Use:   "dataplanes",
 		Short: "List the data planes of the fleet and what configuration each applied",
 		Long: "dataplanes lists every known data plane with the version it applied and its state:\n" +
 			"  SYNCED        applied the current version\n" +
 			"  STALE         connected, behind the current version\n" +
 			"  NACKED        rejected the current version (ERROR says why)\n" +
-			"  DISCONNECTED  not connected to any control-plane replica",
-		Args: usageArgs(cobra.NoArgs),
+			"  DISCONNECTED  not connected to any control-plane replica\n" +
+			"`gatewayctl dataplanes revoke ID` cuts one off.",
+		// Any argument that is not a subcommand is a mistyped one.
+		Args:                       unknownCommand,
+		SuggestionsMinimumDistance: 2,
 		RunE: func(c *cobra.Command, _ []string) error {
 			client, err := o.admin()
 			if err != nil {
@@ -35,10 +38,7 @@ func NewDataplanesCommand(o *Options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			now := time.Now()
-			if o.Now != nil {
-				now = o.Now()
-			}
+			now := o.now()
 			return o.printer().Print(resp, func(w io.Writer) error {
 				rows := make([][]string, len(resp.GetDataplanes()))
 				for i, d := range resp.GetDataplanes() {
@@ -48,6 +48,8 @@ func NewDataplanesCommand(o *Options) *cobra.Command {
 			})
 		},
 	}
+	c.AddCommand(NewDataplanesRevokeCommand(o))
+	return c
 }
 
 // dataplaneRow is one line of the dataplanes table.

@@ -27,13 +27,17 @@ func NewDiffCommand(o *Options) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			req := &meridianv1.DiffRequest{Resources: resources, Prune: prune}
+			if err := checkApplySize("diff request", req); err != nil {
+				return err
+			}
 			client, err := o.admin()
 			if err != nil {
 				return err
 			}
 			ctx, cancel := o.rpcContext(c.Context())
 			defer cancel()
-			resp, err := client.Diff(ctx, &meridianv1.DiffRequest{Resources: resources, Prune: prune})
+			resp, err := client.Diff(ctx, req)
 			if err != nil {
 				return err
 			}

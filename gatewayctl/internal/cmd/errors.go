@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/meridian-gw/meridian/gatewayctl/internal/printer"
 	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
@@ -26,7 +26,7 @@ func report(o *Options, c *cobra.Command, err error) int {
 		return ee.code
 	}
 	code := ExitFailure
-	lines := describe(err, o.Server, o.Timeout)
+	lines := describe(err, o)
 	var ue usageError
 	if errors.As(err, &ue) {
 		code = ExitUsage
@@ -35,14 +35,16 @@ func report(o *Options, c *cobra.Command, err error) int {
 		}
 	}
 	for _, line := range lines {
-		fmt.Fprintf(o.Err, "error: %s\n", redact(line, o.Token))
+		// Server messages (a NACK relayed, an echo of our input) must not
+		// drive the terminal.
+		fmt.Fprintf(o.Err, "error: %s\n", printer.Text(redact(line, o.Token)))
 	}
 	return code
 }
 
 // describe turns err into lines a person can act on: gRPC status codes
 // become plain words, configuration problems one line each.
-func describe(err error, server string, timeout time.Duration) []string {
+func describe(err error, o *Options) []string {
 	var list config.ErrorList
 	if errors.As(err, &list) && len(list) > 0 {
 		lines := make([]string, len(list))
@@ -58,18 +60,20 @@ func describe(err error, server string, timeout time.Duration) []string {
 		}
 		return strings.Split(err.Error(), "\n")
 	}
-	msg := st.Message()
+	msg, server := st.Message(), o.Server
 	switch st.Code() {
 	case codes.Unavailable:
-		return []string{fmt.Sprintf("cannot reach control plane at %s: %s", server, transportCause(msg))}
+		return []string{connectionProblem(server, transportCause(msg), o.Insecure)}
 	case codes.DeadlineExceeded:
-		return []string{fmt.Sprintf("control plane at %s did not answer within %s; check it is healthy or raise --timeout", server, timeout)}
+		return []string{fmt.Sprintf("control plane at %s did not answer within %s; check it is healthy or raise --timeout", server, o.Timeout)}
 	case codes.Canceled:
 		return []string{"interrupted"}
 	case codes.Unauthenticated:
-		return []string{"not authorized: check --token or MERIDIAN_TOKEN"}
+		return []string{"not authenticated" + colon(msg) + "; check --token, MERIDIAN_TOKEN or the token in --config"}
 	case codes.PermissionDenied:
-		return []string{"permission denied: " + msg}
+		return []string{"permission denied" + colon(msg)}
+	case codes.ResourceExhausted:
+		return []string{"the control plane refused the request" + colon(msg)}
 	case codes.Aborted:
 		return []string{"conflict: " + msg + "; re-run diff and apply again"}
 	case codes.Unimplemented:
@@ -118,6 +122,47 @@ func transportCause(msg string) string {
 	msg = strings.TrimPrefix(msg, "Error while dialing: ")
 	msg = strings.TrimPrefix(msg, "error while dialing: ")
 	return msg
+}
+
+// connectionProblem explains why no connection came up: most often TLS
+// on one side only, or a certificate gatewayctl cannot verify.
+func connectionProblem(server, cause string, insecure bool) string {
+	const handshake = "authentication handshake failed: "
+	switch {
+	case insecure && strings.Contains(cause, "server preface"):
+		// A TLS server closes the connection on our plaintext preface.
+		return fmt.Sprintf("the control plane at %s requires TLS: drop --insecure and pass --config or --ca", server)
+	case insecure || !strings.HasPrefix(cause, handshake):
+		return fmt.Sprintf("cannot reach control plane at %s: %s", server, cause)
+	case strings.Contains(cause, "certificate signed by unknown authority"):
+		return fmt.Sprintf("the control plane at %s presented a certificate gatewayctl does not trust: "+
+			"pass --config <data-dir>/gatewayctl.yaml (the control plane writes it on first start) or --ca FILE", server)
+	case strings.Contains(cause, "x509: certificate is valid for"), strings.Contains(cause, "x509: certificate is not valid for any names"),
+		strings.Contains(cause, "x509: cannot validate certificate for"):
+		return fmt.Sprintf("the control plane at %s presented a certificate for other names (%s): "+
+			"connect by one of its names, or add this one to its --tls-san", server, x509Cause(cause))
+	case strings.Contains(cause, "first record does not look like a TLS handshake"),
+		// A plaintext server that closes first gives no TLS record at all.
+		strings.HasSuffix(cause, ": EOF"), strings.Contains(cause, "connection reset"):
+		return fmt.Sprintf("the control plane at %s does not speak TLS (started with --insecure?): pass --insecure", server)
+	}
+	return fmt.Sprintf("the TLS handshake with the control plane at %s failed: %s", server, strings.TrimPrefix(cause, handshake))
+}
+
+// x509Cause is the part of a handshake error from "x509: " on.
+func x509Cause(cause string) string {
+	if i := strings.Index(cause, "x509: "); i >= 0 {
+		return cause[i:]
+	}
+	return cause
+}
+
+// colon is ": msg" with msg folded into one line, or "" for no message.
+func colon(msg string) string {
+	if msg = strings.Join(strings.Fields(msg), " "); msg == "" {
+		return ""
+	}
+	return ": " + msg
 }
 
 // redact hides the token should anything (a server echoing it back, say)

@@ -4,9 +4,11 @@ package cmd
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -36,6 +38,12 @@ type Options struct {
 	Token   string
 	Output  string
 	Timeout time.Duration
+	// Config is the gatewayctl.yaml to read; see applyConfig.
+	Config string
+	// CA is a PEM bundle that verifies the control plane's certificate.
+	CA string
+	// Insecure dials plaintext, for a control plane started with --insecure.
+	Insecure bool
 
 	In        io.Reader
 	Out       io.Writer
@@ -45,7 +53,9 @@ type Options struct {
 	Now       func() time.Time
 
 	format printer.Format
-	conn   *grpc.ClientConn
+	// roots verifies the control plane; nil means the system's roots.
+	roots *x509.CertPool
+	conn  *grpc.ClientConn
 }
 
 // Run builds the root command, executes args, prints any error to o.Err
@@ -66,8 +76,12 @@ func NewRootCommand(o *Options) *cobra.Command {
 		Short: "Operate a Meridian API gateway through its control plane",
 		Long: "gatewayctl applies, inspects and rolls back Meridian configuration and reports\n" +
 			"the state of the data-plane fleet. Every flag also reads MERIDIAN_<FLAG_NAME>\n" +
-			"from the environment (for example MERIDIAN_SERVER, MERIDIAN_TOKEN); a flag on\n" +
-			"the command line wins.",
+			"from the environment (for example MERIDIAN_SERVER, MERIDIAN_TOKEN). A flag on the\n" +
+			"command line wins over the environment, which wins over the config file.\n\n" +
+			"The config file (--config, default $XDG_CONFIG_HOME/meridian/gatewayctl.yaml or\n" +
+			"~/.config/meridian/gatewayctl.yaml when it exists) holds server, ca (PEM) or caFile,\n" +
+			"token and insecure. A secure control plane writes one to <data-dir>/gatewayctl.yaml\n" +
+			"on first start, with its address, CA and an admin token.",
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		// Cobra applies its default of 2 only on its own unknown-command
@@ -79,6 +93,9 @@ func NewRootCommand(o *Options) *cobra.Command {
 		},
 		PersistentPreRunE: func(c *cobra.Command, _ []string) error {
 			if err := bindEnv(c.Flags(), o.LookupEnv); err != nil {
+				return err
+			}
+			if err := o.applyConfig(c.Flags()); err != nil {
 				return err
 			}
 			return o.validate()
@@ -93,9 +110,12 @@ func NewRootCommand(o *Options) *cobra.Command {
 
 	f := root.PersistentFlags()
 	f.StringVar(&o.Server, "server", "127.0.0.1:7400", "control-plane admin address (host:port)")
-	f.StringVar(&o.Token, "token", "", "bearer token sent to the control plane (prefer MERIDIAN_TOKEN: flags show up in ps)")
+	f.StringVar(&o.Token, "token", "", "bearer token sent to the control plane (prefer MERIDIAN_TOKEN or --config: flags show up in ps)")
 	f.StringVarP(&o.Output, "output", "o", "table", "output format: table, json or yaml")
 	f.DurationVar(&o.Timeout, "timeout", 10*time.Second, "how long to wait for the control plane")
+	f.StringVar(&o.Config, "config", "", "gatewayctl.yaml with server, CA and token (default $XDG_CONFIG_HOME/meridian/gatewayctl.yaml when it exists)")
+	f.StringVar(&o.CA, "ca", "", "PEM CA bundle that verifies the control plane (default: the config file's, else the system's)")
+	f.BoolVar(&o.Insecure, "insecure", false, "plaintext, no TLS: for a control plane started with --insecure")
 
 	root.AddCommand(
 		NewApplyCommand(o),
@@ -105,6 +125,8 @@ func NewRootCommand(o *Options) *cobra.Command {
 		NewHistoryCommand(o),
 		NewRollbackCommand(o),
 		NewDataplanesCommand(o),
+		NewTokensCommand(o),
+		NewAuditCommand(o),
 		NewVersionCommand(o),
 	)
 	return root
@@ -128,15 +150,91 @@ func (o *Options) validate() error {
 	return nil
 }
 
+// applyConfig reads the config file, if there is one, into every
+// connection setting that neither a flag nor the environment gave, then
+// loads the CA bundle that verifies the control plane.
+func (o *Options) applyConfig(flags *pflag.FlagSet) error {
+	path := o.Config
+	if !flags.Changed("config") && o.LookupEnv != nil {
+		path = defaultConfigPath(o.LookupEnv, os.Stat)
+	}
+	cfg := &fileConfig{}
+	if path != "" {
+		c, err := loadConfig(path)
+		if err != nil {
+			return usageError{err}
+		}
+		cfg = c
+	}
+	if !flags.Changed("server") && cfg.Server != "" {
+		o.Server = cfg.Server
+	}
+	if !flags.Changed("token") && cfg.Token != "" {
+		o.Token = cfg.Token
+	}
+	if !flags.Changed("insecure") && cfg.Insecure {
+		o.Insecure = true
+	}
+	return o.loadRoots(flags.Changed("ca"), cfg)
+}
+
+// loadRoots sets o.roots from --ca, else the config file's ca or caFile;
+// with none, the system's roots verify the control plane.
+func (o *Options) loadRoots(caFlag bool, cfg *fileConfig) error {
+	if o.Insecure {
+		if caFlag {
+			return usageErrorf("--ca verifies TLS, but --insecure (or insecure: true in the config file) dials plaintext: drop one")
+		}
+		return nil
+	}
+	var (
+		pem    []byte
+		source string
+	)
+	switch {
+	case caFlag:
+		data, err := os.ReadFile(o.CA)
+		if err != nil {
+			return usageErrorf("--ca: %w", err)
+		}
+		pem, source = data, o.CA
+	case cfg.CA != "":
+		pem, source = []byte(cfg.CA), "the ca of the config file"
+	case cfg.CAFile != "":
+		data, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return usageErrorf("caFile of the config file: %w", err)
+		}
+		pem, source = data, cfg.CAFile
+	default:
+		return nil
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return usageErrorf("%s holds no PEM certificate", source)
+	}
+	o.roots = pool
+	return nil
+}
+
 // printer returns the printer for the -o format, writing to o.Out.
 func (o *Options) printer() *printer.Printer {
 	return printer.New(o.Out, o.format)
 }
 
+// now is the clock the commands read.
+func (o *Options) now() time.Time {
+	if o.Now != nil {
+		return o.Now()
+	}
+	return time.Now()
+}
+
 // bindEnv sets every flag not given on the command line from its
 // MERIDIAN_ environment variable. Doing it after parsing, rather than as a
 // flag default, keeps environment values (the token above all) out of
-// --help output.
+// --help output. A flag set from the environment counts as Changed, so
+// the config file, read next, fills in only what neither gave.
 func bindEnv(flags *pflag.FlagSet, lookup func(string) (string, bool)) error {
 	if lookup == nil {
 		return nil
@@ -151,7 +249,7 @@ func bindEnv(flags *pflag.FlagSet, lookup func(string) (string, bool)) error {
 		if !ok || v == "" {
 			return
 		}
-		if serr := f.Value.Set(v); serr != nil {
+		if serr := flags.Set(f.Name, v); serr != nil {
 			// The value is not repeated: it could be a secret in the wrong variable.
 			err = usageError{fmt.Errorf("invalid %s: not a valid --%s (%s)", name, f.Name, f.Value.Type())}
 		}

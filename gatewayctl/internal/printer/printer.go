@@ -53,10 +53,12 @@ func (p *Printer) Format() Format { return p.format }
 
 // Print writes v as JSON or YAML. A proto.Message goes through protojson so
 // field names match the API; anything else goes through encoding/json. In
-// the table format Print calls text instead, which writes the human form.
+// the table format Print calls text instead, which writes the human form;
+// what text writes passes through Lines, so server-supplied text cannot
+// drive the terminal. JSON and YAML stay exact: they escape on their own.
 func (p *Printer) Print(v any, text func(w io.Writer) error) error {
 	if p.format == Table {
-		return text(p.w)
+		return text(lineWriter{p.w})
 	}
 	data, err := marshalJSON(v)
 	if err != nil {
@@ -113,7 +115,9 @@ func (p *Printer) Resource(r *meridianv1.Resource) error {
 	return err
 }
 
-// WriteTable writes header and rows as space-aligned columns.
+// WriteTable writes header and rows as space-aligned columns. Cells pass
+// through Text, so one holding control characters stays one cell and
+// cannot drive the terminal.
 func WriteTable(w io.Writer, header []string, rows [][]string) error {
 	var buf bytes.Buffer
 	tw := tabwriter.NewWriter(&buf, 0, 8, 3, ' ', 0)
@@ -122,8 +126,9 @@ func WriteTable(w io.Writer, header []string, rows [][]string) error {
 	for _, row := range rows {
 		cells := make([]string, len(row))
 		for i, c := range row {
-			// A tab or newline inside a cell would break the columns.
-			cells[i] = clean.Replace(c)
+			// A tab or newline inside a cell would break the columns; a
+			// space reads better there than an escape.
+			cells[i] = Text(clean.Replace(c))
 		}
 		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
@@ -191,7 +196,7 @@ func (p *Printer) writeRaw(data []byte) error {
 // order of the input.
 func JSONToYAML(data []byte) ([]byte, error) {
 	var n yaml.Node
-	if err := yaml.Unmarshal(data, &n); err != nil {
+	if err := yaml.Unmarshal(yamlSafeJSON(data), &n); err != nil {
 		return nil, fmt.Errorf("render yaml: %w", err)
 	}
 	plainStyle(&n)
@@ -205,6 +210,30 @@ func JSONToYAML(data []byte) ([]byte, error) {
 		return nil, fmt.Errorf("render yaml: %w", err)
 	}
 	return buf.Bytes(), nil
+}
+
+// yamlSafeJSON escapes, as \uXXXX, the characters JSON allows raw in a
+// string but a YAML stream does not (DEL, C1, non-characters) or reads as
+// a line break (NEL, U+2028, U+2029). Only strings can hold them, and the
+// escape means the same in JSON and YAML, so the value is unchanged.
+func yamlSafeJSON(data []byte) []byte {
+	if !bytes.ContainsFunc(data, yamlUnsafe) {
+		return data
+	}
+	var buf bytes.Buffer
+	buf.Grow(len(data) + 16)
+	for _, r := range string(data) {
+		if yamlUnsafe(r) {
+			fmt.Fprintf(&buf, `\u%04x`, r)
+			continue
+		}
+		buf.WriteRune(r)
+	}
+	return buf.Bytes()
+}
+
+func yamlUnsafe(r rune) bool {
+	return r >= 0x7f && r <= 0x9f || r == 0x2028 || r == 0x2029 || r == 0xfeff || r == 0xfffe || r == 0xffff
 }
 
 // plainStyle drops the flow and quoting styles the JSON input carried; the

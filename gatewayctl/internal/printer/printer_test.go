@@ -2,11 +2,13 @@ package printer
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"testing"
 	"time"
 
+	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -210,5 +212,98 @@ func TestResourcesTable(t *testing.T) {
 	want := "KIND          NAME       SUMMARY\nJWTProvider   corp-sso   https://sso\n"
 	if buf.String() != want {
 		t.Errorf("got:\n%q\nwant:\n%q", buf.String(), want)
+	}
+}
+
+func TestText(t *testing.T) {
+	tests := []struct {
+		name, in, want, wantLines string
+	}{
+		{name: "plain", in: "route/get-user configured", want: "route/get-user configured", wantLines: "route/get-user configured"},
+		{name: "unicode stays", in: "café ✓ 日本", want: "café ✓ 日本", wantLines: "café ✓ 日本"},
+		{name: "replacement character stays", in: "a\uFFFDb", want: "a\uFFFDb", wantLines: "a\uFFFDb"},
+		{name: "escape sequences", in: "\x1b[2J\x1b]0;title\x07", want: `\x1b[2J\x1b]0;title\x07`, wantLines: `\x1b[2J\x1b]0;title\x07`},
+		{name: "carriage return", in: "ok\rFAIL", want: `ok\x0dFAIL`, wantLines: `ok\x0dFAIL`},
+		{name: "newline and tab", in: "a\n\tb", want: `a\x0a\x09b`, wantLines: "a\n\tb"},
+		{name: "nul, backspace, DEL", in: "\x00\x08\x7f", want: `\x00\x08\x7f`, wantLines: `\x00\x08\x7f`},
+		{name: "C1 as a character", in: "\u009b31m\u0085", want: `\u009b31m\u0085`, wantLines: `\u009b31m\u0085`},
+		{name: "C1 as a raw byte", in: "a\x9b31m", want: `a\x9b31m`, wantLines: `a\x9b31m`},
+		{name: "broken UTF-8", in: "\xe2\x82", want: `\xe2\x82`, wantLines: `\xe2\x82`},
+		{name: "bidi override", in: "abc\u202edcb", want: `abc\u202edcb`, wantLines: `abc\u202edcb`},
+		{name: "bidi isolate", in: "\u2066x\u2069", want: `\u2066x\u2069`, wantLines: `\u2066x\u2069`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Text(tt.in); got != tt.want {
+				t.Errorf("Text(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+			if got := Lines(tt.in); got != tt.wantLines {
+				t.Errorf("Lines(%q) = %q, want %q", tt.in, got, tt.wantLines)
+			}
+		})
+	}
+}
+
+func TestWriteTableEscapes(t *testing.T) {
+	var buf bytes.Buffer
+	err := WriteTable(&buf, []string{"ID", "ERROR"}, [][]string{
+		{"dp-\x1b[31m1", "bad\x1b[2Kline\nnext"},
+		{"dp-2", "ok"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "" +
+		"ID             ERROR\n" +
+		`dp-\x1b[31m1   bad\x1b[2Kline next` + "\n" +
+		"dp-2           ok\n"
+	if buf.String() != want {
+		t.Errorf("got:\n%q\nwant:\n%q", buf.String(), want)
+	}
+}
+
+func TestPrintEscapesOnlyTable(t *testing.T) {
+	msg := &meridianv1.HistoryResponse{Entries: []*meridianv1.HistoryEntry{{Message: "x\x1by\u009b"}}}
+	text := func(w io.Writer) error {
+		_, err := io.WriteString(w, "line one\n\t"+msg.GetEntries()[0].GetMessage()+"\n")
+		return err
+	}
+	tests := []struct {
+		format Format
+		want   string
+	}{
+		{format: Table, want: "line one\n\t" + `x\x1by\u009b` + "\n"},
+		{format: JSON, want: "{\n  \"entries\": [\n    {\n      \"version\": \"0\",\n      \"time\": null,\n      \"author\": \"\",\n" +
+			"      \"message\": \"x\\u001by\u009b\",\n      \"changes\": [],\n      \"resourceCount\": 0,\n      \"hash\": \"\"\n    }\n  ]\n}\n"},
+	}
+	for _, tt := range tests {
+		var buf bytes.Buffer
+		if err := New(&buf, tt.format).Print(msg, text); err != nil {
+			t.Fatal(err)
+		}
+		if buf.String() != tt.want {
+			t.Errorf("%s: got\n%q\nwant\n%q", tt.format, buf.String(), tt.want)
+		}
+	}
+}
+
+func TestJSONToYAMLKeepsEveryCharacter(t *testing.T) {
+	// Characters JSON carries raw but a YAML stream refuses or reads as a
+	// line break must come back unchanged.
+	in := "esc\x1b del\x7f c1\u009b nel\u0085 ls\u2028 ps\u2029 bom\ufeff nul\x00 cr\r"
+	data, err := json.Marshal(map[string]string{"m": in})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := JSONToYAML(data)
+	if err != nil {
+		t.Fatalf("JSONToYAML: %v", err)
+	}
+	var got map[string]string
+	if err := yaml.Unmarshal(out, &got); err != nil {
+		t.Fatalf("output is not YAML: %v\n%s", err, out)
+	}
+	if got["m"] != in {
+		t.Errorf("round trip gave %q, want %q\n%s", got["m"], in, out)
 	}
 }

@@ -196,10 +196,14 @@ type Identity struct {
 	NotAfter   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
 	EnrolledAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=enrolled_at,json=enrolledAt,proto3" json:"enrolled_at,omitempty"`
 	// The join token that admitted the node, and its labels.
-	TokenId       string            `protobuf:"bytes,5,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
-	Labels        map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TokenId string            `protobuf:"bytes,5,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
+	Labels  map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Serial number of the certificate serial replaced at the last renewal,
+	// decimal: it stays accepted until the next renewal, so a node whose
+	// renewal answer was lost is not locked out.
+	PreviousSerial string `protobuf:"bytes,7,opt,name=previous_serial,json=previousSerial,proto3" json:"previous_serial,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Identity) Reset() {
@@ -272,6 +276,13 @@ func (x *Identity) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *Identity) GetPreviousSerial() string {
+	if x != nil {
+		return x.PreviousSerial
+	}
+	return ""
 }
 
 // Revocation refuses a node's certificates issued before revoked_at.
@@ -394,7 +405,7 @@ const file_meridian_v1_storage_proto_rawDesc = "" +
 	"\tresources\x18\x02 \x03(\v2\x15.meridian.v1.ResourceR\tresources\"b\n" +
 	"\x0fStoredJoinToken\x12*\n" +
 	"\x04info\x18\x01 \x01(\v2\x16.meridian.v1.JoinTokenR\x04info\x12#\n" +
-	"\rsecret_sha256\x18\x02 \x01(\fR\fsecretSha256\"\xc2\x02\n" +
+	"\rsecret_sha256\x18\x02 \x01(\fR\fsecretSha256\"\xeb\x02\n" +
 	"\bIdentity\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
 	"\x06serial\x18\x02 \x01(\tR\x06serial\x127\n" +
@@ -402,7 +413,8 @@ const file_meridian_v1_storage_proto_rawDesc = "" +
 	"\venrolled_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"enrolledAt\x12\x19\n" +
 	"\btoken_id\x18\x05 \x01(\tR\atokenId\x129\n" +
-	"\x06labels\x18\x06 \x03(\v2!.meridian.v1.Identity.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x06 \x03(\v2!.meridian.v1.Identity.LabelsEntryR\x06labels\x12'\n" +
+	"\x0fprevious_serial\x18\a \x01(\tR\x0epreviousSerial\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x7f\n" +

@@ -119,8 +119,14 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 // through.
 func serveTap(t *testing.T, a *Authenticator) *grpc.ClientConn {
 	t.Helper()
+	return serveAdmin(t, a, meridianv1.UnimplementedAdminServiceServer{})
+}
+
+// serveAdmin is serveTap with admin as the AdminService.
+func serveAdmin(t *testing.T, a *Authenticator, admin meridianv1.AdminServiceServer) *grpc.ClientConn {
+	t.Helper()
 	gs := grpc.NewServer(grpc.InTapHandle(a.Tap), grpc.StatsHandler(a.StatsHandler()))
-	meridianv1.RegisterAdminServiceServer(gs, meridianv1.UnimplementedAdminServiceServer{})
+	meridianv1.RegisterAdminServiceServer(gs, admin)
 	meridianv1.RegisterIdentityServiceServer(gs, meridianv1.UnimplementedIdentityServiceServer{})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -311,21 +317,8 @@ func TestConcurrentAppliesAreBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := New(Options{Tokens: tokens, MaxConcurrentApplies: 2})
-	gs := grpc.NewServer(grpc.InTapHandle(a.Tap), grpc.StatsHandler(a.StatsHandler()))
 	svc := &blockingAdmin{entered: make(chan struct{}, 8), release: make(chan struct{})}
-	meridianv1.RegisterAdminServiceServer(gs, svc)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() { gs.Serve(lis) })
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { conn.Close(); gs.Stop(); wg.Wait() }()
+	conn := serveAdmin(t, New(Options{Tokens: tokens, MaxConcurrentApplies: 2}), svc)
 	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer t-operator"), 30*time.Second)
 	defer cancel()
 	admin := meridianv1.NewAdminServiceClient(conn)

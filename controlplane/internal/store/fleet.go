@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"sync"
 	"time"
@@ -53,33 +52,23 @@ func (w *fleetWatcher) list(ctx context.Context) error {
 	return nil
 }
 
-// watch follows changes from w.rev+1 until the watch ends. It resets
-// w.rev to 0 when only a new list can recover.
+// watch follows changes from w.rev+1 until the watch ends.
 func (w *fleetWatcher) watch(ctx context.Context) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
 	prefix := w.store.liveKey("")
-	wch := w.store.client.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(w.rev+1))
-	for resp := range wch {
-		if err := watchFailure(resp, w.rev); err != nil {
-			w.rev = 0
-			return err
-		}
+	return w.store.watchPrefix(ctx, prefix, &w.rev, func(events []*clientv3.Event) {
 		before := len(w.live)
-		for _, ev := range resp.Events {
+		for _, ev := range events {
 			id := strings.TrimPrefix(string(ev.Kv.Key), prefix)
 			if ev.Type == clientv3.EventTypeDelete {
 				delete(w.live, id)
 			} else {
 				w.live[id] = struct{}{}
 			}
-			w.rev = ev.Kv.ModRevision
 		}
 		if len(w.live) != before {
 			w.publish(len(w.live))
 		}
-	}
-	return errors.New("watch channel closed")
+	})
 }
 
 // FleetSize holds the latest fleet size (connected data planes) and hands

@@ -380,27 +380,17 @@ func (w *revocationWatcher) list(ctx context.Context) error {
 	return nil
 }
 
-// watch reports revocations from w.rev+1 until the watch ends. It resets
-// w.rev to 0 when only a new list can recover.
+// watch reports revocations from w.rev+1 until the watch ends.
 func (w *revocationWatcher) watch(ctx context.Context) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
 	prefix := w.store.revocationKey("")
-	wch := w.store.client.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(w.rev+1))
-	for resp := range wch {
-		if err := watchFailure(resp, w.rev); err != nil {
-			w.rev = 0
-			return err
-		}
-		for _, ev := range resp.Events {
+	return w.store.watchPrefix(ctx, prefix, &w.rev, func(events []*clientv3.Event) {
+		for _, ev := range events {
 			// Deletes are leases expiring, not news.
 			if ev.Type == clientv3.EventTypePut {
 				w.revoked(strings.TrimPrefix(string(ev.Kv.Key), prefix))
 			}
-			w.rev = ev.Kv.ModRevision
 		}
-	}
-	return errors.New("watch channel closed")
+	})
 }
 
 // opPublishCA labels the one request PublishCA makes.

@@ -165,27 +165,15 @@ func (w *tokenWatcher) list(ctx context.Context) error {
 	return nil
 }
 
-// watch follows changes from w.rev+1 until the watch ends. It resets
-// w.rev to 0 when only a new list can recover.
+// watch follows changes from w.rev+1 until the watch ends.
 func (w *tokenWatcher) watch(ctx context.Context) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
 	prefix := w.store.joinTokenKey("")
-	wch := w.store.client.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(w.rev+1))
-	for resp := range wch {
-		if err := watchFailure(resp, w.rev); err != nil {
-			w.rev = 0
-			return err
-		}
-		for _, ev := range resp.Events {
+	return w.store.watchPrefix(ctx, prefix, &w.rev, func(events []*clientv3.Event) {
+		for _, ev := range events {
 			w.apply(ev, prefix)
-			w.rev = ev.Kv.ModRevision
 		}
-		if len(resp.Events) > 0 {
-			w.publish(maps.Clone(w.tokens))
-		}
-	}
-	return errors.New("watch channel closed")
+		w.publish(maps.Clone(w.tokens))
+	})
 }
 
 func (w *tokenWatcher) apply(ev *clientv3.Event, prefix string) {

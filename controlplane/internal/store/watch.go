@@ -387,3 +387,23 @@ func watchFailure(resp clientv3.WatchResponse, rev int64) error {
 	}
 	return resp.Err()
 }
+
+// watchPrefix follows the keys under prefix from *rev+1 until the watch
+// ends, handing each response's events to handle after moving *rev past
+// them. It sets *rev to 0 when only a new list can recover.
+func (s *Store) watchPrefix(ctx context.Context, prefix string, rev *int64, handle func([]*clientv3.Event)) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := s.client.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(*rev+1))
+	for resp := range wch {
+		if err := watchFailure(resp, *rev); err != nil {
+			*rev = 0
+			return err
+		}
+		if n := len(resp.Events); n > 0 {
+			*rev = resp.Events[n-1].Kv.ModRevision
+			handle(resp.Events)
+		}
+	}
+	return errors.New("watch channel closed")
+}

@@ -272,7 +272,15 @@ func serve(ctx context.Context, o *options, traces trace.TracerProvider, log *sl
 		return fmt.Errorf("metrics listen: %w", err)
 	}
 	hs := &http.Server{Handler: httpHandler(&synced, reg, log), ReadHeaderTimeout: 5 * time.Second}
+	fmt.Fprintf(stdout, "controlplane listening on %s\n", lis.Addr())
+	log.Info("controlplane listening", "addr", lis.Addr().String(), "metrics", mlis.Addr().String(), "id", o.id,
+		"tls", !sec.Insecure(), "auth", !sec.Insecure())
+	return runServers(ctx, gs, lis, hs, mlis, disc, etcdErr, log)
+}
 
+// runServers serves gRPC on lis and HTTP on mlis until ctx is done or one
+// of them (or the embedded etcd) fails, then stops them in order.
+func runServers(ctx context.Context, gs *grpc.Server, lis net.Listener, hs *http.Server, mlis net.Listener, disc *discovery.Server, etcdErr <-chan error, log *slog.Logger) error {
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 2)
 	wg.Go(func() {
@@ -285,9 +293,6 @@ func serve(ctx context.Context, o *options, traces trace.TracerProvider, log *sl
 			serveErr <- fmt.Errorf("metrics listener: %w", err)
 		}
 	})
-	fmt.Fprintf(stdout, "controlplane listening on %s\n", lis.Addr())
-	log.Info("controlplane listening", "addr", lis.Addr().String(), "metrics", mlis.Addr().String(), "id", o.id,
-		"tls", !sec.Insecure(), "auth", !sec.Insecure())
 
 	var runErr error
 	select {

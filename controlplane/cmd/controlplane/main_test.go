@@ -48,6 +48,12 @@ func TestParseFlags(t *testing.T) {
 		{name: "unknown flag", args: []string{"--nope"}, wantErr: true},
 		{name: "stray argument", args: []string{"serve"}, wantErr: true},
 		{name: "empty listen", args: []string{"--listen", ""}, wantErr: true},
+		{name: "secure by default", check: func(o *options) bool { return !o.insecure && o.certTTL == 24*time.Hour }},
+		{name: "insecure from env", env: map[string]string{"MERIDIAN_INSECURE": "true"}, check: func(o *options) bool { return o.insecure }},
+		{name: "insecure with a certificate", args: []string{"--insecure", "--tls-cert", "c.pem", "--tls-key", "k.pem"}, wantErr: true},
+		{name: "insecure with tokens", args: []string{"--insecure", "--admin-tokens-file", "t"}, wantErr: true},
+		{name: "certificates too short", args: []string{"--dataplane-cert-ttl", "5s"}, wantErr: true},
+		{name: "etcd password from env only", env: map[string]string{"MERIDIAN_ETCD_PASSWORD": "pw"}, check: func(o *options) bool { return o.etcdPassword == "pw" }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -318,6 +318,8 @@ type appliedConfig struct {
 	Source            string `json:"source"`
 	SnapshotsReceived uint64 `json:"snapshotsReceived"`
 	FleetSize         int    `json:"fleetSize"`
+	// CertificateNotAfter is null with --insecure.
+	CertificateNotAfter *time.Time `json:"certificateNotAfter"`
 }
 
 func (dp *dataplane) config() (appliedConfig, error) {

@@ -209,6 +209,9 @@ func TestSecureFleet(t *testing.T) {
 		if err != nil || c.FleetSize != 2 {
 			t.Fatalf("%s fleetSize = %d (%v), want 2", dp.id, c.FleetSize, err)
 		}
+		if c.CertificateNotAfter == nil || time.Until(*c.CertificateNotAfter) < 23*time.Hour {
+			t.Fatalf("%s certificateNotAfter = %v, want about 24h from now", dp.id, c.CertificateNotAfter)
+		}
 	}
 }
 

@@ -560,7 +560,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	}
 
 	errorLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
-	adminOpts := admin.Options{Pprof: o.pprof}
+	adminOpts := admin.Options{Pprof: o.pprof, Identity: creds}
 	if reg != nil {
 		reg.MustRegister(metrics.NewObserver(func(obs *metrics.Observation) {
 			gw.Observe(obs)

@@ -39,6 +39,17 @@ type ConfigStatus struct {
 	// plane last reported (1 until it does); global rate limits that fall
 	// back to local counting enforce their limit divided by it.
 	FleetSize int `json:"fleetSize"`
+	// CertificateNotAfter is when the client certificate this data plane
+	// holds for the control plane expires; null with --insecure or before
+	// enrolment.
+	CertificateNotAfter *time.Time `json:"certificateNotAfter"`
+}
+
+// Identity is the data plane's credential for the control plane.
+type Identity interface {
+	// NotAfter is the current certificate's expiry; zero when there is
+	// none.
+	NotAfter() time.Time
 }
 
 // Options are the admin endpoints that are off by default.
@@ -50,6 +61,8 @@ type Options struct {
 	// Metrics serves GET /metrics (Prometheus exposition); nil: no
 	// /metrics.
 	Metrics http.Handler
+	// Identity, when set, reports the certificate's expiry on /config.
+	Identity Identity
 }
 
 // Handler returns the admin mux: /healthz, /readyz and /config,
@@ -83,6 +96,12 @@ func Handler(cfg ConfigSource, stats SyncStats, o Options) http.Handler {
 		if c := cfg.Current(); c != nil {
 			at := c.AppliedAt().UTC()
 			st.Version, st.Hash, st.Source, st.AppliedAt = c.Version(), c.Hash(), string(c.Source()), &at
+		}
+		if o.Identity != nil {
+			if t := o.Identity.NotAfter(); !t.IsZero() {
+				t = t.UTC()
+				st.CertificateNotAfter = &t
+			}
 		}
 		writeJSON(w, http.StatusOK, st)
 	})

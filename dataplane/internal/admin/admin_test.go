@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/gateway"
 	"github.com/meridian-gw/meridian/proto/config"
@@ -40,7 +41,8 @@ func TestAdmin(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &empty); err != nil {
 		t.Fatal(err)
 	}
-	if empty["version"] != 0.0 || empty["appliedAt"] != nil || empty["snapshotsReceived"] != 2.0 || empty["source"] != "" || empty["fleetSize"] != 1.0 {
+	if empty["version"] != 0.0 || empty["appliedAt"] != nil || empty["snapshotsReceived"] != 2.0 || empty["source"] != "" || empty["fleetSize"] != 1.0 ||
+		empty["certificateNotAfter"] != nil {
 		t.Errorf("/config before apply = %s", body)
 	}
 
@@ -115,6 +117,36 @@ func TestMetrics(t *testing.T) {
 			}
 			if tt.want == http.StatusOK && rec.Body.String() != "# metrics\n" {
 				t.Errorf("body = %q, want the metrics handler's", rec.Body.String())
+			}
+		})
+	}
+}
+
+type expiry time.Time
+
+func (e expiry) NotAfter() time.Time { return time.Time(e) }
+
+func TestConfigShowsTheCertificateExpiry(t *testing.T) {
+	g := gateway.New(gateway.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	defer g.Close()
+	notAfter := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, tt := range []struct {
+		name string
+		id   Identity
+		want *time.Time
+	}{
+		{"enrolled", expiry(notAfter), &notAfter},
+		{"not yet enrolled", expiry(time.Time{}), nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			Handler(g, counter(0), Options{Identity: tt.id}).ServeHTTP(rec, httptest.NewRequest("GET", "/config", nil))
+			var st ConfigStatus
+			if err := json.Unmarshal(rec.Body.Bytes(), &st); err != nil {
+				t.Fatal(err)
+			}
+			if (st.CertificateNotAfter == nil) != (tt.want == nil) || tt.want != nil && !st.CertificateNotAfter.Equal(*tt.want) {
+				t.Fatalf("certificateNotAfter = %v, want %v", st.CertificateNotAfter, tt.want)
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -10,7 +11,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -24,18 +26,21 @@ import (
 func BenchmarkPropagation(b *testing.B) {
 	const dataplanes = 5
 	echo := startEcho(b, "echo")
-	cp := startControlplane(b, "cp", b.TempDir(), "")
+	// Secure, as in production: TLS, tokens, enrolled data planes.
+	cp := startSecureControlplane(b, "cp", b.TempDir(), "")
+	token := joinToken(b, cp.ctlTarget(), "--uses", fmt.Sprint(dataplanes))
 	var admins []string
 	for i := range dataplanes {
-		admins = append(admins, startDataplane(b, fmt.Sprintf("dp-%d", i), b.TempDir(), nil, cp.addr).admin)
+		admins = append(admins, enrolled(b, fmt.Sprintf("dp-%d", i), token, cp.addr).admin)
 	}
-	conn, err := grpc.NewClient(cp.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := credentials.NewTLS(&tls.Config{RootCAs: caPool(b, cp), ServerName: "127.0.0.1"})
+	conn, err := grpc.NewClient(cp.addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer conn.Close()
 	admin := meridianv1.NewAdminServiceClient(conn)
-	ctx := context.Background()
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+readCtl(b, cp.ctlTarget()).Token)
 	httpc := &http.Client{Timeout: 2 * time.Second}
 
 	docs, err := config.Decode("bench.yaml", []byte(baseConfig(echo)))

@@ -54,7 +54,7 @@ spec:
 
 // joinToken makes a join token through gatewayctl; the token is the first
 // line of the table output.
-func joinToken(t *testing.T, target string, args ...string) string {
+func joinToken(t testing.TB, target string, args ...string) string {
 	t.Helper()
 	out := mustCtl(t, target, "", append([]string{"tokens", "create"}, args...)...)
 	tok := strings.TrimSpace(strings.SplitN(out, "\n", 2)[0])
@@ -65,13 +65,13 @@ func joinToken(t *testing.T, target string, args ...string) string {
 }
 
 // enrolled starts a data plane that enrols with token.
-func enrolled(t *testing.T, id, token string, cps ...string) *dataplane {
+func enrolled(t testing.TB, id, token string, cps ...string) *dataplane {
 	t.Helper()
 	return startDataplaneCreds(t, id, t.TempDir(), nil, cps, []string{"--join-token", token})
 }
 
 // caPool reads the cluster CA a secure control plane made.
-func caPool(t *testing.T, cp *controlplane) *x509.CertPool {
+func caPool(t testing.TB, cp *controlplane) *x509.CertPool {
 	t.Helper()
 	pem, err := os.ReadFile(filepath.Join(cp.dataDir, "pki", "ca.crt"))
 	if err != nil {
@@ -560,7 +560,7 @@ func TestApplySizeLimit(t *testing.T) {
 }
 
 // readCtl reads the token from a secure control plane's gatewayctl config.
-func readCtl(t *testing.T, path string) struct{ Token string } {
+func readCtl(t testing.TB, path string) struct{ Token string } {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {

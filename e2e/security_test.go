@@ -191,6 +191,14 @@ func TestSecureFleet(t *testing.T) {
 		})
 	}
 	after, _ := fleet(t, target)
+	// Each refused stream is an audit record.
+	eventually(t, "the refused streams in the audit log", func() error {
+		out := mustCtl(t, target, "", "-o", "json", "audit")
+		if n := strings.Count(out, `"method": "/meridian.v1.ConfigDiscoveryService/StreamSnapshots"`); n < 2 || !strings.Contains(out, `"outcome": "denied"`) {
+			return fmt.Errorf("%d denied StreamSnapshots records:\n%s", n, out)
+		}
+		return nil
+	})
 	for _, id := range []string{"dp-1", "dp-2"} {
 		b, a := before[id], after[id]
 		if a.GetState() != meridianv1.DataplaneState_DATAPLANE_STATE_SYNCED || a.GetAppliedVersion() != version ||

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -146,20 +147,47 @@ func (l *Log) prune(ctx context.Context) {
 func (l *Log) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		resp, err := handler(ctx, req)
-		if !audited(info.FullMethod, req) {
+		if !audited(info.FullMethod, req) && !refused(err) {
 			return resp, err
 		}
-		rec := &meridianv1.AuditRecord{Method: info.FullMethod, Target: Target(req, resp), Outcome: OutcomeOK, PeerAddress: peerAddr(ctx)}
-		if c, ok := auth.FromContext(ctx); ok {
-			rec.Principal, rec.Role = c.Principal, roleName(c.Role)
-		}
-		if err != nil {
-			rec.Outcome, rec.Message = strings.ToLower(status.Code(err).String()), firstLine(status.Convert(err).Message())
-		}
-		rec.Version = resultVersion(resp)
+		rec := l.outcome(ctx, info.FullMethod, err)
+		rec.Target, rec.Version = Target(req, resp), resultVersion(resp)
 		l.Record(rec)
 		return resp, err
 	}
+}
+
+// StreamInterceptor records streams their handler refused (a data plane
+// whose certificate is not its node's, or was revoked).
+func (l *Log) StreamInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		err := handler(srv, ss)
+		if refused(err) {
+			l.Record(l.outcome(ss.Context(), info.FullMethod, err))
+		}
+		return err
+	}
+}
+
+// outcome is the record of a call that ended with err.
+func (l *Log) outcome(ctx context.Context, method string, err error) *meridianv1.AuditRecord {
+	rec := &meridianv1.AuditRecord{Method: method, Outcome: OutcomeOK, PeerAddress: peerAddr(ctx)}
+	if c, ok := auth.FromContext(ctx); ok {
+		rec.Principal, rec.Role = c.Principal, roleName(c.Role)
+	}
+	switch {
+	case refused(err):
+		rec.Outcome, rec.Message = OutcomeDenied, firstLine(auth.Describe(err))
+	case err != nil:
+		rec.Outcome, rec.Message = strings.ToLower(status.Code(err).String()), firstLine(status.Convert(err).Message())
+	}
+	return rec
+}
+
+// refused reports a call its handler turned away for who made it.
+func refused(err error) bool {
+	c := status.Code(err)
+	return c == codes.PermissionDenied || c == codes.Unauthenticated
 }
 
 // audited: mutating admin calls (a dry run changes nothing) and enrolments.

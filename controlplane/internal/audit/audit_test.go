@@ -159,3 +159,41 @@ func TestRecordNeverBlocks(t *testing.T) {
 		t.Fatal("Run never pruned")
 	}
 }
+
+// fakeStream is a server stream with a context.
+type fakeStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (f fakeStream) Context() context.Context { return f.ctx }
+
+// Calls their handlers refuse are denials, whatever the method.
+func TestRefusedInHandlersAreRecorded(t *testing.T) {
+	st := &memStore{}
+	l := New(st, Options{Logger: slog.New(slog.DiscardHandler)})
+	stop := run(l)
+	defer stop()
+	ctx := auth.NewContext(context.Background(), &auth.Caller{Principal: "dataplane/dp-2", NodeID: "dp-2"})
+	stream := l.StreamInterceptor()
+	for _, err := range []error{
+		status.Error(codes.PermissionDenied, `the client certificate is data plane "dp-2"'s, not "dp-1"'s`),
+		status.Error(codes.Unavailable, "control plane shutting down"),
+		nil,
+	} {
+		stream(nil, fakeStream{ctx: ctx}, &grpc.StreamServerInfo{FullMethod: meridianv1.ConfigDiscoveryService_StreamSnapshots_FullMethodName},
+			func(any, grpc.ServerStream) error { return err })
+	}
+	l.UnaryInterceptor()(ctx, &meridianv1.RenewRequest{}, &grpc.UnaryServerInfo{FullMethod: meridianv1.IdentityService_Renew_FullMethodName},
+		func(context.Context, any) (any, error) { return nil, status.Error(codes.PermissionDenied, "revoked") })
+	recs := waitRecords(t, st, 2)
+	time.Sleep(50 * time.Millisecond)
+	if recs = st.snapshot(); len(recs) != 2 {
+		t.Fatalf("%d records, want the 2 refusals only: %v", len(recs), recs)
+	}
+	for _, r := range recs {
+		if r.GetOutcome() != OutcomeDenied || r.GetPrincipal() != "dataplane/dp-2" || r.GetMessage() == "" {
+			t.Errorf("record = %v, want a denial by dataplane/dp-2 with its reason", r)
+		}
+	}
+}

@@ -235,13 +235,14 @@ func (s *Security) Start(st Store, m *metrics.Metrics, addr string) (*Running, e
 }
 
 // ServerOptions authenticate every call before its message is read, give
-// apply slots back, and audit mutating calls.
+// apply slots back, and audit mutating and refused calls.
 func (r *Running) ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.Creds(r.sec.Credentials()),
 		grpc.InTapHandle(r.authn.Tap),
 		grpc.StatsHandler(r.authn.StatsHandler()),
 		grpc.ChainUnaryInterceptor(r.audit.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(r.audit.StreamInterceptor()),
 	}
 }
 

@@ -186,9 +186,10 @@ func TestRefusedInHandlersAreRecorded(t *testing.T) {
 	}
 	l.UnaryInterceptor()(ctx, &meridianv1.RenewRequest{}, &grpc.UnaryServerInfo{FullMethod: meridianv1.IdentityService_Renew_FullMethodName},
 		func(context.Context, any) (any, error) { return nil, status.Error(codes.PermissionDenied, "revoked") })
-	recs := waitRecords(t, st, 2)
+	waitRecords(t, st, 2)
 	time.Sleep(50 * time.Millisecond)
-	if recs = st.snapshot(); len(recs) != 2 {
+	recs := st.snapshot()
+	if len(recs) != 2 {
 		t.Fatalf("%d records, want the 2 refusals only: %v", len(recs), recs)
 	}
 	for _, r := range recs {

@@ -28,7 +28,17 @@ const (
 	maxWeight       = 1_000_000
 	maxBreakerSlots = 10_000
 	maxClockSkew    = 10 * time.Minute
+
+	// minHealthCheckInterval is the floor for a set
+	// spec.healthCheck.active.interval: every interval each target gets a
+	// probe, so a tiny interval floods the targets with probes.
+	minHealthCheckInterval = 100 * time.Millisecond
 )
+
+// DefaultHealthCheckInterval is the time between active probes of a target
+// when spec.healthCheck.active.interval is unset. The data plane applies
+// it; validation compares a set timeout with it.
+const DefaultHealthCheckInterval = 5 * time.Second
 
 // Validate checks a whole configuration: every resource's fields, unique
 // names per kind, references between resources, and routes that would
@@ -151,13 +161,17 @@ func (v *validator) duration(path string, d *durationpb.Duration) time.Duration 
 	return d.AsDuration()
 }
 
-// positive checks a duration that, when given, must be above zero.
+// positive checks a duration that, when given, must be above zero. It
+// reports one error for a zero or negative value and returns 0 then.
 func (v *validator) positive(path string, d *durationpb.Duration) time.Duration {
-	dur := v.duration(path, d)
-	if d != nil && dur == 0 {
-		v.errf(path, "must be greater than zero")
+	if d == nil {
+		return 0
 	}
-	return dur
+	if err := d.CheckValid(); err != nil || d.AsDuration() <= 0 {
+		v.errf(path, "must be greater than zero")
+		return 0
+	}
+	return d.AsDuration()
 }
 
 func (v *validator) status(path string, code uint32) {
@@ -200,16 +214,22 @@ func (v *validator) upstream(s *meridianv1.UpstreamSpec) {
 			v.errf("spec.healthCheck.active.path", "must start with /")
 		}
 		interval := v.positive("spec.healthCheck.active.interval", a.GetInterval())
+		if interval > 0 && interval < minHealthCheckInterval {
+			v.errf("spec.healthCheck.active.interval", "%s is below the %s floor (a probe every interval per target)", interval, minHealthCheckInterval)
+		}
 		timeout := v.positive("spec.healthCheck.active.timeout", a.GetTimeout())
-		if interval > 0 && timeout > interval {
-			v.errf("spec.healthCheck.active.timeout", "must not exceed interval (%s)", interval)
+		switch {
+		case a.GetInterval() == nil && timeout > DefaultHealthCheckInterval:
+			v.errf("spec.healthCheck.active.timeout", "%s must not exceed interval (%s, the default)", timeout, DefaultHealthCheckInterval)
+		case interval > 0 && timeout > interval:
+			v.errf("spec.healthCheck.active.timeout", "%s must not exceed interval (%s)", timeout, interval)
 		}
 		for i, code := range a.GetExpectedStatuses() {
 			v.status(fmt.Sprintf("spec.healthCheck.active.expectedStatuses[%d]", i), code)
 		}
 	}
 	if p := s.GetHealthCheck().GetPassive(); p != nil {
-		v.duration("spec.healthCheck.passive.ejectionTime", p.GetEjectionTime())
+		v.positive("spec.healthCheck.passive.ejectionTime", p.GetEjectionTime())
 		if p.GetMaxEjectionPercent() > 100 {
 			v.errf("spec.healthCheck.passive.maxEjectionPercent", "must be at most 100")
 		}

@@ -32,6 +32,11 @@ const rsa1024 = `        -----BEGIN PUBLIC KEY-----
         -----END PUBLIC KEY-----
 `
 
+// upstreamHealth is baseUpstream with a health check on line 6.
+func upstreamHealth(hc string) string {
+	return "apiVersion: meridian/v1\nkind: Upstream\nmetadata: {name: users}\nspec:\n  targets: [{address: 127.0.0.1:9001}]\n  healthCheck: " + hc + "\n"
+}
+
 func route(name, spec string) string {
 	return "---\napiVersion: meridian/v1\nkind: Route\nmetadata: {name: " + name + "}\nspec:\n" + spec
 }
@@ -90,6 +95,35 @@ func TestValidateErrors(t *testing.T) {
 				`v.yaml:3: Upstream "Bad Name": metadata.name: "Bad Name" is not a valid name (letters, digits, '.', '_' and '-', starting and ending with a letter or digit)`,
 				`v.yaml:5: Upstream "Bad Name": spec.targets[0].address: "localhost" is not host:port`,
 				`v.yaml:6: Upstream "Bad Name": spec.loadBalancer.hashOn: required with policy consistent_hash (header:<name>, cookie:<name>, client_ip, claim:<name> or param:<name>)`,
+			}},
+		{"health check interval at the floor, timeout unset", upstreamHealth("{active: {interval: 100ms}}"), nil},
+		{"health check timeout equal to interval", upstreamHealth("{active: {interval: 1s, timeout: 1s}}"), nil},
+		{"health check timeout equal to the default interval", upstreamHealth("{active: {timeout: 5s}}"), nil},
+		{"health check defaults", upstreamHealth("{active: {}, passive: {}}"), nil},
+		{"health check interval below the floor", upstreamHealth("{active: {interval: 1ns}}"),
+			[]string{`v.yaml:6: Upstream "users": spec.healthCheck.active.interval: 1ns is below the 100ms floor (a probe every interval per target)`}},
+		{"health check interval just below the floor", upstreamHealth("{active: {interval: 99ms, timeout: 50ms}}"),
+			[]string{`v.yaml:6: Upstream "users": spec.healthCheck.active.interval: 99ms is below the 100ms floor (a probe every interval per target)`}},
+		{"health check zero interval and timeout", upstreamHealth("{active: {interval: 0s, timeout: 0s}}"),
+			[]string{
+				`v.yaml:6: Upstream "users": spec.healthCheck.active.interval: must be greater than zero`,
+				`v.yaml:6: Upstream "users": spec.healthCheck.active.timeout: must be greater than zero`,
+			}},
+		{"health check negative interval and timeout", upstreamHealth("{active: {interval: -1s, timeout: -1s}}"),
+			[]string{
+				`v.yaml:6: Upstream "users": spec.healthCheck.active.interval: must be greater than zero`,
+				`v.yaml:6: Upstream "users": spec.healthCheck.active.timeout: must be greater than zero`,
+			}},
+		{"health check timeout over interval", upstreamHealth("{active: {interval: 1s, timeout: 2s}}"),
+			[]string{`v.yaml:6: Upstream "users": spec.healthCheck.active.timeout: 2s must not exceed interval (1s)`}},
+		{"health check timeout over the default interval", upstreamHealth("{active: {timeout: 10s}}"),
+			[]string{`v.yaml:6: Upstream "users": spec.healthCheck.active.timeout: 10s must not exceed interval (5s, the default)`}},
+		{"health check zero ejection time", upstreamHealth("{passive: {consecutiveFailures: 3, ejectionTime: 0s}}"),
+			[]string{`v.yaml:6: Upstream "users": spec.healthCheck.passive.ejectionTime: must be greater than zero`}},
+		{"health check negative ejection time", upstreamHealth("{passive: {ejectionTime: -30s, maxEjectionPercent: 101}}"),
+			[]string{
+				`v.yaml:6: Upstream "users": spec.healthCheck.passive.ejectionTime: must be greater than zero`,
+				`v.yaml:6: Upstream "users": spec.healthCheck.passive.maxEjectionPercent: must be at most 100`,
 			}},
 		{"rewrite param not captured", baseUpstream + route("r", "  match: {paths: [{prefix: /a}]}\n  upstream: users\n  rewrite: {path: '/v2/{id}'}\n"),
 			[]string{`v.yaml:12: Route "r": spec.rewrite.path: uses {id}, which spec.match.paths[0] does not capture`}},

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
 
@@ -16,7 +17,7 @@ import (
 // absent; `active: {}` turns it on with these values.
 const (
 	DefaultHealthCheckPath     = "/"
-	DefaultHealthCheckInterval = 5 * time.Second
+	DefaultHealthCheckInterval = config.DefaultHealthCheckInterval
 	DefaultHealthCheckTimeout  = time.Second
 	DefaultHealthyThreshold    = 2
 	DefaultUnhealthyThreshold  = 3

@@ -64,6 +64,7 @@ type options struct {
 	certFiles    []string
 	keyFiles     []string
 	trusted      []netip.Prefix
+	underscores  bool // --allow-underscore-headers
 	server       server.Config
 	drainTimeout time.Duration
 	controlplane []string
@@ -111,7 +112,8 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 		keyFiles = appendList(keyFiles, v)
 		return nil
 	})
-	trusted := fs.String("trusted-proxies", "", "comma-separated CIDRs or IPs whose X-Forwarded-* headers are trusted (default none)")
+	trusted := fs.String("trusted-proxies", "", "comma-separated CIDRs or IPs whose X-Forwarded-*, Forwarded and client-IP headers (X-Real-IP, True-Client-IP, ...) are trusted (default none: dropped)")
+	underscores := fs.Bool("allow-underscore-headers", false, "forward client request headers whose names contain an underscore (X_User_ID); by default they are dropped, as nginx's underscores_in_headers off, since CGI-style upstreams read them as X-User-ID")
 	readHeaderTimeout := fs.Duration("read-header-timeout", server.DefaultReadHeaderTimeout, "time to read a request's headers")
 	readTimeout := fs.Duration("read-timeout", 0, "time to read a whole request, body included; 0 = none, so long uploads and client streams work")
 	writeTimeout := fs.Duration("write-timeout", 0, "time to write a response; 0 = none, so server-sent events and long downloads work")
@@ -176,7 +178,7 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	}
 
 	o := &options{
-		listen: *listen, tlsListen: *tlsListen, certFiles: certFiles, keyFiles: keyFiles,
+		listen: *listen, tlsListen: *tlsListen, certFiles: certFiles, keyFiles: keyFiles, underscores: *underscores,
 		nodeID: *nodeID, cacheDir: *cacheDir, adminListen: *adminListen, pprof: *pprofOn, metrics: *metricsOn, version: *showVersion,
 		redisTimeout: *redisTimeout,
 		drainTimeout: *drainTimeout,
@@ -573,7 +575,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	srvConfig := o.server
 	srvConfig.Certificates = certs
 	srvConfig.ErrorLog = errorLog
-	handlerConfig := proxy.HandlerConfig{ClientIP: ip, Metrics: m, AccessLog: access, TracerProvider: tp}
+	handlerConfig := proxy.HandlerConfig{ClientIP: ip, AllowUnderscoreHeaders: o.underscores, Metrics: m, AccessLog: access, TracerProvider: tp}
 	traffic := server.New(gw.Handler(handlerConfig), srvConfig)
 	var readiness server.Readiness
 	adminSrv := &http.Server{

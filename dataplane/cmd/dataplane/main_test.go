@@ -91,6 +91,22 @@ func TestParseFlags(t *testing.T) {
 				t.Error("MERIDIAN_PPROF not applied")
 			}
 		}},
+		{name: "underscore headers dropped by default", check: func(t *testing.T, o *options) {
+			if o.underscores {
+				t.Error("--allow-underscore-headers on by default")
+			}
+		}},
+		{name: "underscore headers flag", args: []string{"--allow-underscore-headers"}, check: func(t *testing.T, o *options) {
+			if !o.underscores {
+				t.Error("--allow-underscore-headers not applied")
+			}
+		}},
+		{name: "underscore headers from env", env: map[string]string{"MERIDIAN_ALLOW_UNDERSCORE_HEADERS": "true"}, check: func(t *testing.T, o *options) {
+			if !o.underscores {
+				t.Error("MERIDIAN_ALLOW_UNDERSCORE_HEADERS not applied")
+			}
+		}},
+		{name: "bad underscore headers env", env: map[string]string{"MERIDIAN_ALLOW_UNDERSCORE_HEADERS": "maybe"}, wantErr: "MERIDIAN_ALLOW_UNDERSCORE_HEADERS"},
 		{name: "MERIDIAN_VERSION is not a flag", env: map[string]string{"MERIDIAN_VERSION": "1.0"}, check: func(t *testing.T, o *options) {
 			if o.version {
 				t.Error("version set from env")

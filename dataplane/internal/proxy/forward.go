@@ -267,6 +267,8 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 	// One pass over the client's headers: hop-by-hop ones and those the
 	// gateway sets itself are skipped, the rest share the client's values.
 	// Every attempt sends the same map; nothing writes to it once built.
+	// Behind Handler, Connection lists only connection options by now
+	// (see sanitize), so no header the gateway set is skipped as listed.
 	h := make(http.Header, len(in)+5+len(rt.request.set)+len(rt.request.add))
 	conn := in["Connection"]
 	for k, vv := range in {

@@ -1,10 +1,11 @@
 // Package proxy forwards requests to upstreams. Handler is the data plane's
 // traffic entry point: it reads the live configuration once per request,
-// normalises the path, tags the request with an X-Request-Id, decides
-// whether the client's X-Forwarded-* headers can be trusted, finds the
-// route and hands over to that route's handler. Route is one route's
-// forwarding step (body limit, rewrite, header edits, timeout, reverse
-// proxy), built once per configuration.
+// cleans the client's header (Connection-listed names, underscores,
+// client-address headers of untrusted peers), normalises the path, tags
+// the request with an X-Request-Id, finds the route and hands over to that
+// route's handler. Route is one route's forwarding step (body limit,
+// rewrite, header edits, timeout, reverse proxy), built once per
+// configuration.
 package proxy
 
 import (
@@ -40,8 +41,15 @@ type Routes interface {
 type HandlerConfig struct {
 	// ClientIP knows the trusted proxies: peers whose X-Forwarded-For,
 	// -Proto and -Host are believed and extended. From any other peer they
-	// are dropped and replaced with what this hop sees. Nil trusts no one.
+	// are dropped and replaced with what this hop sees, and Forwarded,
+	// X-Real-IP, True-Client-IP, CF-Connecting-IP, X-Client-IP and
+	// Fastly-Client-IP are dropped. Nil trusts no one.
 	ClientIP *clientip.Resolver
+	// AllowUnderscoreHeaders keeps client request headers whose names
+	// contain an underscore. By default they are dropped, as nginx does
+	// (underscores_in_headers off): CGI-style upstreams read X_User_ID and
+	// X-User-ID as the same variable, so one could shadow the other.
+	AllowUnderscoreHeaders bool
 	// Metrics counts the requests no route serves, under the route
 	// metrics.NoRoute; nil: none. Routes record their own.
 	Metrics *metrics.Metrics
@@ -56,17 +64,21 @@ type HandlerConfig struct {
 
 // Handler is the traffic http.Handler.
 type Handler struct {
-	current  func() Routes
-	ip       *clientip.Resolver
-	unrouted *metrics.Route
-	access   *accessLog // nil: no access log
-	tracer   *tracer    // nil: no tracing
+	current     func() Routes
+	ip          *clientip.Resolver
+	underscores bool // keep header names with an underscore
+	unrouted    *metrics.Route
+	access      *accessLog // nil: no access log
+	tracer      *tracer    // nil: no tracing
 }
 
 // NewHandler returns a Handler that calls current once per request to get
 // the live configuration; current returns nil while none is applied.
 func NewHandler(current func() Routes, c HandlerConfig) *Handler {
-	h := &Handler{current: current, ip: c.ClientIP, unrouted: c.Metrics.Unrouted(), tracer: newTracer(c.TracerProvider)}
+	h := &Handler{
+		current: current, ip: c.ClientIP, underscores: c.AllowUnderscoreHeaders,
+		unrouted: c.Metrics.Unrouted(), tracer: newTracer(c.TracerProvider),
+	}
 	if c.AccessLog != nil {
 		h.access = &accessLog{log: c.AccessLog, ip: c.ClientIP}
 	}
@@ -101,13 +113,20 @@ const (
 // ServeHTTP routes r with the configuration live when it arrived; the
 // request finishes on that configuration even if a new one is swapped in.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// First: whatever the gateway sets from here on must survive, and a
+	// client's X-Request-Id named in Connection must not be echoed.
+	h.sanitize(r)
 	// The id goes on every answer, errors included, so a client can quote
 	// it; the route passes the same id to the upstream. A generated id is
 	// handed to the route as a string: it places it on both requests
 	// without allocating a header slice of its own.
 	var newID string
 	if ids := r.Header[headerRequestID]; len(ids) > 0 && ids[0] != "" {
-		w.Header()[headerRequestID] = ids[:1:1]
+		// One id, the same both ways: a second one would reach only the
+		// upstream.
+		ids = ids[:1:1]
+		r.Header[headerRequestID] = ids
+		w.Header()[headerRequestID] = ids
 	} else {
 		delete(r.Header, headerRequestID) // an empty one is replaced
 		newID = newRequestID()
@@ -122,7 +141,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.writeError(w, r, newID, http.StatusBadRequest, bodyBadPath, errInvalidPath)
 		return
 	}
-	h.checkForwarded(r)
 	e := routes.Route(r)
 	if e == nil {
 		if allow := routes.Allow(r); allow != "" {
@@ -162,22 +180,6 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, newID strin
 	if h.access != nil {
 		h.access.unrouted(r, tc.TraceID(), newID, status, len(body), reason, now, d)
 	}
-}
-
-// checkForwarded drops the client's forwarding headers unless the peer is
-// a trusted proxy, so routes can extend whatever is left.
-func (h *Handler) checkForwarded(r *http.Request) {
-	hdr := r.Header
-	if hdr[headerForwardedFor] == nil && hdr[headerForwardedProto] == nil && hdr[headerForwardedHost] == nil && hdr[headerForwardedRFC] == nil {
-		return
-	}
-	if h.ip.TrustedPeer(r.RemoteAddr) {
-		return
-	}
-	delete(hdr, headerForwardedFor)
-	delete(hdr, headerForwardedProto)
-	delete(hdr, headerForwardedHost)
-	delete(hdr, headerForwardedRFC)
 }
 
 // newRequestID returns 16 random bytes in hex. math/rand/v2's top-level

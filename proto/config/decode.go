@@ -413,6 +413,10 @@ func (d *decoder) listField(n *yaml.Node, m protoreflect.Message, fd protoreflec
 		d.fail(n, path, "expected a list, got %s", describe(n))
 		return
 	}
+	if msg, ok := emptyListMeanings[fd.FullName()]; ok && len(n.Content) == 0 {
+		d.fail(n, path, "%s", msg)
+		return
+	}
 	list := m.Mutable(fd).List()
 	for i, v := range n.Content {
 		epath := fmt.Sprintf("%s[%d]", path, i)

@@ -387,6 +387,7 @@ func (v *validator) route(s *meridianv1.RouteSpec) {
 		v.ref(p, KindRateLimit, rl)
 	}
 	v.ref("spec.circuitBreaker", KindCircuitBreaker, s.GetCircuitBreaker())
+	v.upgrades(s.GetUpgrades())
 }
 
 func (v *validator) auth(a *meridianv1.RouteAuth) {

@@ -133,6 +133,29 @@ func TestValidateErrors(t *testing.T) {
 				`v.yaml:10: Route "r": spec.match.methods[0]: methods are upper-case: "GET"`,
 				`v.yaml:10: Route "r": spec.match.paths[0].exact: "x" must start with /`,
 			}},
+		{"upgrades websocket and another", baseUpstream + upgradesRoute("[websocket, foo]"), nil},
+		{"upgrades without websocket", baseUpstream + upgradesRoute("[foo]"), nil},
+		{"upgrades none", baseUpstream + upgradesRoute("[none]"), nil},
+		{"upgrades token characters", baseUpstream + upgradesRoute("[x-proto.2, \"a~b\"]"), nil},
+		{"upgrades h2c", baseUpstream + upgradesRoute("[websocket, h2c]"),
+			[]string{`v.yaml:12: Route "r": spec.upgrades[1]: h2c upgrades are never tunnelled (a request offering one is forwarded as plain HTTP/1.1); for HTTP/2 in clear text to the targets, set the upstream's spec.scheme to h2c`}},
+		{"upgrades upper-case", baseUpstream + upgradesRoute("[WebSocket]"),
+			[]string{`v.yaml:12: Route "r": spec.upgrades[0]: protocol names are lower-case: "websocket"`}},
+		{"upgrades upper-case h2c", baseUpstream + upgradesRoute("[H2C]"),
+			[]string{`v.yaml:12: Route "r": spec.upgrades[0]: protocol names are lower-case: "h2c"`}},
+		{"upgrades duplicate", baseUpstream + upgradesRoute("[websocket, foo, websocket]"),
+			[]string{`v.yaml:12: Route "r": spec.upgrades[2]: duplicate protocol "websocket"`}},
+		{"upgrades not tokens", baseUpstream + upgradesRoute("[\"\", \"web socket\", \"a,b\", \"tls(1)\"]"),
+			[]string{
+				`v.yaml:12: Route "r": spec.upgrades[0]: "" is not a protocol name (an RFC 9110 token such as websocket)`,
+				`v.yaml:12: Route "r": spec.upgrades[1]: "web socket" is not a protocol name (an RFC 9110 token such as websocket)`,
+				`v.yaml:12: Route "r": spec.upgrades[2]: "a,b" is not a protocol name (an RFC 9110 token such as websocket)`,
+				`v.yaml:12: Route "r": spec.upgrades[3]: "tls(1)" is not a protocol name (an RFC 9110 token such as websocket)`,
+			}},
+		{"upgrades with a version", baseUpstream + upgradesRoute("[websocket/13]"),
+			[]string{`v.yaml:12: Route "r": spec.upgrades[0]: "websocket/13": write the protocol name without a version ("websocket"); every version of it is allowed`}},
+		{"upgrades none with others", baseUpstream + upgradesRoute("[none, websocket]"),
+			[]string{`v.yaml:12: Route "r": spec.upgrades[0]: none allows no upgrades and must be the only entry`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -224,4 +247,10 @@ func TestParseKind(t *testing.T) {
 	if _, err := ParseKind("service"); err == nil {
 		t.Error("ParseKind accepted an unknown kind")
 	}
+}
+
+// upgradesRoute is a valid route with spec.upgrades on line 12 (after
+// baseUpstream).
+func upgradesRoute(list string) string {
+	return route("r", "  match: {paths: [{prefix: /}]}\n  upstream: users\n  upgrades: "+list+"\n")
 }

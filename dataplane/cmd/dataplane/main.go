@@ -65,6 +65,8 @@ type options struct {
 	keyFiles     []string
 	trusted      []netip.Prefix
 	underscores  bool // --allow-underscore-headers
+	maxHeaders   int  // --max-headers; 0: no limit
+	maxConns     int  // --max-connections; 0: no cap
 	server       server.Config
 	drainTimeout time.Duration
 	controlplane []string
@@ -119,6 +121,8 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	writeTimeout := fs.Duration("write-timeout", 0, "time to write a response; 0 = none, so server-sent events and long downloads work")
 	idleTimeout := fs.Duration("idle-timeout", server.DefaultIdleTimeout, "keep-alive connections idle this long are closed")
 	maxHeaderBytes := fs.Int("max-header-bytes", server.DefaultMaxHeaderBytes, "largest request line and headers accepted, in bytes")
+	maxHeaders := fs.Int("max-headers", proxy.DefaultMaxHeaders, "most request header fields accepted, each value line counted (Host not); more get 431, as Envoy's max_headers_count; 0 = no limit")
+	maxConns := fs.Int("max-connections", server.DefaultMaxConnections, "most client connections open at once on the traffic listeners (plain and TLS together); at the cap a new connection closes the longest-idle keep-alive one, as nginx does, and is refused only when none is idle; 0 = no cap")
 	drainTimeout := fs.Duration("drain-timeout", server.DefaultDrainTimeout, "on SIGTERM, time in-flight requests get to finish")
 	controlplane := fs.String("controlplane", "127.0.0.1:7400", "control-plane addresses, comma-separated, tried in order")
 	joinToken := fs.String("join-token", "", "join token from 'gatewayctl tokens create', used to enrol when <cache-dir>/identity holds no usable certificate; prefer --join-token-file or MERIDIAN_JOIN_TOKEN, which process listings do not show")
@@ -184,6 +188,7 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 		drainTimeout: *drainTimeout,
 		logFormat:    *logFormat, accessLog: *accessLog, accessSample: *accessSample,
 		traceSample: *traceSample,
+		maxHeaders:  *maxHeaders, maxConns: *maxConns,
 		server: server.Config{
 			ReadHeaderTimeout: *readHeaderTimeout, ReadTimeout: *readTimeout, WriteTimeout: *writeTimeout,
 			IdleTimeout: *idleTimeout, MaxHeaderBytes: *maxHeaderBytes,
@@ -199,6 +204,11 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	}
 	if *maxHeaderBytes <= 0 {
 		return nil, fmt.Errorf("%w: --max-header-bytes: must be positive", errUsage)
+	}
+	for name, n := range map[string]int{"max-headers": *maxHeaders, "max-connections": *maxConns} {
+		if n < 0 {
+			return nil, fmt.Errorf("%w: --%s: must not be negative (0 = no limit)", errUsage, name)
+		}
 	}
 	var err error
 	if o.trusted, err = parsePrefixes(*trusted); err != nil {
@@ -492,7 +502,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	}
 
 	ip := clientip.New(o.trusted)
-	gwOpts := gateway.Options{Logger: log, ClientIP: ip, Metrics: m}
+	gwOpts := gateway.Options{Logger: log, ClientIP: ip, Metrics: m, NodeID: o.nodeID}
 	if o.redis != nil {
 		// go-redis prints each failed dial on its own; the limiter logs
 		// every switch already, so these go to debug, as JSON.
@@ -507,7 +517,6 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	gw := gateway.New(gwOpts)
 	defer gw.Close()
 	store := cache.New(o.cacheDir)
-	loadCache(ctx, gw, store, log)
 
 	var listeners []net.Listener
 	closeListeners := func() {
@@ -539,6 +548,14 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	if adminLn == nil {
 		return 1
 	}
+	// Known only now, and before any snapshot is applied (the cache
+	// included): no upstream target may be one of them.
+	self := []gateway.Listener{{Name: "traffic", Addr: ln.Addr().String()}, {Name: "admin", Addr: adminLn.Addr().String()}}
+	if tlsLn != nil {
+		self = append(self, gateway.Listener{Name: "TLS traffic", Addr: tlsLn.Addr().String()})
+	}
+	gw.SetListeners(self)
+	loadCache(ctx, gw, store, log)
 
 	syncConfig := cpsync.Config{
 		Addresses: o.controlplane,
@@ -575,7 +592,10 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	srvConfig := o.server
 	srvConfig.Certificates = certs
 	srvConfig.ErrorLog = errorLog
-	handlerConfig := proxy.HandlerConfig{ClientIP: ip, AllowUnderscoreHeaders: o.underscores, Metrics: m, AccessLog: access, TracerProvider: tp}
+	// One cap for both traffic listeners; each is wrapped before Serve.
+	conns := server.NewConnLimiter(server.ConnLimits{Max: o.maxConns, Logger: log, Metrics: m})
+	srvConfig.Connections = conns
+	handlerConfig := proxy.HandlerConfig{ClientIP: ip, AllowUnderscoreHeaders: o.underscores, MaxHeaders: o.maxHeaders, Metrics: m, AccessLog: access, TracerProvider: tp}
 	traffic := server.New(gw.Handler(handlerConfig), srvConfig)
 	var readiness server.Readiness
 	adminSrv := &http.Server{
@@ -596,7 +616,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		}
 	}
 	wg.Add(4)
-	go serve(ln, traffic.Serve)
+	go serve(conns.Listener(ln), traffic.Serve)
 	go serve(adminLn, adminSrv.Serve)
 	// Enrolment may wait for a control plane; traffic is served from the
 	// cache meanwhile, and the stream opens once there are credentials.
@@ -618,7 +638,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		"accessLog", o.accessLog, "accessLogSample", o.accessSample}
 	if tlsLn != nil {
 		wg.Add(1)
-		go serve(tlsLn, func(l net.Listener) error { return traffic.ServeTLS(l, "", "") })
+		go serve(conns.Listener(tlsLn), func(l net.Listener) error { return traffic.ServeTLS(l, "", "") })
 		fmt.Fprintf(stdout, "dataplane TLS listening on %s\n", tlsLn.Addr())
 		attrs = append(attrs, "tlsListen", tlsLn.Addr().String(), "certificates", len(certs))
 	}

@@ -66,6 +66,18 @@ func TestParseFlags(t *testing.T) {
 					t.Errorf("node id = %q", o.nodeID)
 				}
 			}},
+		{name: "limits by default", check: func(t *testing.T, o *options) {
+			if o.maxHeaders != 100 || o.maxConns != 10000 {
+				t.Errorf("max headers %d, max connections %d; want 100 and 10000", o.maxHeaders, o.maxConns)
+			}
+		}},
+		{name: "limits from env", env: map[string]string{"MERIDIAN_MAX_HEADERS": "50", "MERIDIAN_MAX_CONNECTIONS": "0"}, check: func(t *testing.T, o *options) {
+			if o.maxHeaders != 50 || o.maxConns != 0 {
+				t.Errorf("max headers %d, max connections %d; want 50 and 0", o.maxHeaders, o.maxConns)
+			}
+		}},
+		{name: "negative max headers", args: []string{"--max-headers", "-1"}, wantErr: "--max-headers"},
+		{name: "negative max connections", args: []string{"--max-connections", "-5"}, wantErr: "--max-connections"},
 		{name: "metrics on by default", check: func(t *testing.T, o *options) {
 			if !o.metrics {
 				t.Error("metrics off by default")

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -115,6 +116,14 @@ type Options struct {
 	// Metrics records requests, rate limit and JWT decisions of every
 	// configuration; nil: none.
 	Metrics *metrics.Metrics
+	// NodeID names this data plane in the Via header it adds to upstream
+	// requests, next to a token drawn at random per Gateway, which is how
+	// it recognises its own requests coming back (proxy.NewHop).
+	NodeID string
+	// Listeners are the data plane's own listeners; a snapshot with an
+	// upstream target at one of them is refused (SetListeners sets them
+	// later).
+	Listeners []Listener
 }
 
 // Gateway holds the live Config and applies new snapshots.
@@ -128,6 +137,8 @@ type Gateway struct {
 	ip       *clientip.Resolver
 	redis    GlobalStore
 	metrics  *metrics.Metrics
+	hop      *proxy.Hop
+	self     []Listener // guarded by mu
 	// fleet is the number of connected data planes as the control plane
 	// last said; global limits falling back to local counting enforce
 	// their limit divided by it. 1 until told otherwise.
@@ -152,6 +163,8 @@ func New(opts Options) *Gateway {
 		ip:       opts.ClientIP,
 		redis:    opts.Redis,
 		metrics:  opts.Metrics,
+		hop:      proxy.NewHop(opts.NodeID),
+		self:     slices.Clone(opts.Listeners),
 	}
 	g.fleet.Store(1)
 	return g
@@ -180,6 +193,9 @@ func (g *Gateway) Applied() (version uint64, hash string) {
 // Handler returns the traffic handler, which reads the live Config once per
 // request.
 func (g *Gateway) Handler(c proxy.HandlerConfig) *proxy.Handler {
+	if c.Hop == nil {
+		c.Hop = g.hop // the routes' identity: what they send is what comes back
+	}
 	return proxy.NewHandler(g.routes, c)
 }
 
@@ -333,6 +349,9 @@ func (g *Gateway) compile(ctx context.Context, snap *meridianv1.Snapshot, prev *
 	if err := checkSecrets(rs, os.LookupEnv, os.ReadFile); err != nil {
 		return nil, err
 	}
+	if err := checkSelfTargets(rs, g.self, thisHost()); err != nil {
+		return nil, err
+	}
 
 	c := &Config{version: snap.GetVersion(), hash: snap.GetHash(), pools: map[string]*upstream.Pool{}, providers: map[string]*jwt.Provider{}}
 	var live map[string]*upstream.Pool
@@ -420,7 +439,7 @@ func (g *Gateway) compile(ctx context.Context, snap *meridianv1.Snapshot, prev *
 			Name: name, Spec: rt.GetSpec(), Pool: pool,
 			Buffers: g.buffers, Log: g.log, ErrorLog: g.errorLog,
 			Breaker: rb.shared, TargetBreaker: rb.targetBreaker(), Fallback: rb.fallback,
-			Metrics: g.metrics.Route(name, upName),
+			Metrics: g.metrics.Route(name, upName), Hop: g.hop,
 		})
 		if err != nil {
 			errs = appendErr(errs, err)

@@ -44,6 +44,7 @@ type Metrics struct {
 	limits    map[string]*RateLimit
 	providers map[string]*JWT
 	unrouted  *Route
+	conns     *Connections
 
 	duration *prometheus.HistogramVec // route, upstream
 	latency  *prometheus.HistogramVec // route, upstream
@@ -59,6 +60,8 @@ type Metrics struct {
 	storeFailures   *prometheus.Desc
 	storeSwitches   *prometheus.Desc
 	jwtRequests     *prometheus.Desc
+	connsOpen       *prometheus.Desc
+	connsRejected   *prometheus.Desc
 }
 
 type routeKey struct{ route, upstream string }
@@ -75,6 +78,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		routes:    map[routeKey]*Route{},
 		limits:    map[string]*RateLimit{},
 		providers: map[string]*JWT{},
+		conns:     &Connections{},
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace,
 			Name:      "request_duration_seconds",
@@ -115,6 +119,11 @@ func New(reg prometheus.Registerer) *Metrics {
 		jwtRequests: desc("jwt_requests_total",
 			"Requests a JWTProvider judged, by reason: ok, or why it rejected them (missing, multiple, malformed, too_large, bad_algorithm, unknown_key, bad_signature, expired, not_yet_valid, wrong_issuer, wrong_audience, invalid_claim, insufficient_scope).",
 			"provider", "reason"),
+		connsOpen: desc("connections_open",
+			"Client connections open on the traffic listeners. Upgraded connections (WebSocket) leave the count once their handshake is answered."),
+		connsRejected: desc("connections_rejected_total",
+			"Client connections closed because --max-connections was reached, by reason: idle_reclaimed (the longest-idle keep-alive connection, closed to admit a new one) or at_capacity (a new connection, closed at once because none was idle).",
+			"reason"),
 	}
 	m.unrouted = m.newRoute(NoRoute, NoRoute)
 	reg.MustRegister(m)
@@ -128,6 +137,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		m.requests, m.inFlight, m.bytesIn, m.bytesOut, m.attempts, m.retries, m.budgetExhausted,
 		m.limitDecisions, m.storeFailures, m.storeSwitches, m.jwtRequests,
+		m.connsOpen, m.connsRejected,
 	} {
 		ch <- d
 	}
@@ -164,6 +174,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for _, p := range providers {
 		p.collect(m, ch)
 	}
+	m.conns.collect(m, ch)
 }
 
 // Route returns the recorder of a route sending to upstream: the same one

@@ -35,7 +35,8 @@ import (
 // leanRequest reports whether r can take the lean path.
 func leanRequest(r *http.Request) bool {
 	h := r.Header
-	// Upgrades (WebSocket, h2c) need ReverseProxy's hijacking; an
+	// Upgrades (those the route allows; Route.screenUpgrade removed
+	// the others) need ReverseProxy's hijacking; an
 	// Expect: 100-continue exchange is left to it so that its 100 is
 	// relayed exactly as before.
 	if len(h["Upgrade"]) > 0 || len(h["Expect"]) > 0 {
@@ -131,6 +132,7 @@ type forward struct {
 	body   requestBody
 	replay replayBody // the first attempt's body, when buffered for retries
 	vals   [3]string  // X-Forwarded-For, X-Forwarded-Host, X-Request-Id
+	via    [2]string  // the client's one Via line and the data plane's entry
 	hints  informational
 }
 
@@ -241,6 +243,9 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 		defer cancel()
 	}
 	fw.hints.trace.Got1xxResponse = fw.hints.got1xx
+	if rt.connWait && r.ContentLength == 0 && rt.awaitsResponse(r) {
+		fw.hints.trace.GotConn = rt.gotConnHook // see roundTrip
+	}
 	out := r.WithContext(httptrace.WithClientTrace(ctx, &fw.hints.trace))
 
 	fw.url = *r.URL
@@ -313,6 +318,11 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 		h[headerForwardedRFC] = v
 	}
 	rt.request.apply(h)
+	if rt.hop != nil {
+		// After the policy, which may edit the client's entries but not
+		// drop the one loop detection needs.
+		rt.appendVia(h, r, h[headerVia], &fw.via)
+	}
 	out.Header = h
 
 	// A traced request's upstream receives its trace context (for a
@@ -345,7 +355,7 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 		if tc.IsValid() {
 			out, span = tracedAttempt(out, tc, a.target.Address(), n)
 		}
-		res, err = rt.pool.Transport().RoundTrip(out)
+		res, err = rt.roundTrip(out)
 		hints.finish()
 		if err == nil && res.StatusCode == http.StatusSwitchingProtocols {
 			// Nothing asked for it; ReverseProxy refuses it the same way.
@@ -400,7 +410,7 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 		}
 		rt.pool.Done(a.target, o)
 		a, start = next, nextStart
-		out, hints = retryRequest(ctx, out, w, a.target, p.replay)
+		out, hints = retryRequest(ctx, out, w, a.target, p.replay, rt.gotConnHook)
 	}
 	if traceIDs != nil {
 		w.Header()[HeaderTraceID] = traceIDs
@@ -504,9 +514,12 @@ func (rt *Route) nextAttempt(ctx context.Context, r *http.Request, n int, tried 
 // retryRequest returns the outgoing request of a retry to target t: prev's
 // with its own URL, 1xx relay and copy of the buffered body. prev is left
 // as it is, since its transport may still read it.
-func retryRequest(ctx context.Context, prev *http.Request, w http.ResponseWriter, t *upstream.Target, replay []byte) (*http.Request, *informational) {
+func retryRequest(ctx context.Context, prev *http.Request, w http.ResponseWriter, t *upstream.Target, replay []byte, gotConn func(httptrace.GotConnInfo)) (*http.Request, *informational) {
 	hints := &informational{w: w}
 	hints.trace.Got1xxResponse = hints.got1xx
+	if replay == nil && prev.Body == nil {
+		hints.trace.GotConn = gotConn // bodiless: see Route.roundTrip
+	}
 	out := prev.WithContext(httptrace.WithClientTrace(ctx, &hints.trace))
 	u := *prev.URL
 	u.Host = t.Address()

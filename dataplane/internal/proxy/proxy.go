@@ -37,8 +37,17 @@ type Routes interface {
 	Allow(r *http.Request) string
 }
 
+// DefaultMaxHeaders is the default of HandlerConfig.MaxHeaders and of the
+// dataplane's --max-headers: Envoy's default max_headers_count.
+const DefaultMaxHeaders = 100
+
 // HandlerConfig is the process-wide part of the traffic handler.
 type HandlerConfig struct {
+	// MaxHeaders is the most request header fields accepted, counting
+	// every value line (a name sent twice counts twice) and not Host. A
+	// request with more is answered 431 before any route or upstream sees
+	// it. 0: no limit; the server's MaxHeaderBytes still bounds the size.
+	MaxHeaders int
 	// ClientIP knows the trusted proxies: peers whose X-Forwarded-For,
 	// -Proto and -Host are believed and extended. From any other peer they
 	// are dropped and replaced with what this hop sees, and Forwarded,
@@ -60,6 +69,10 @@ type HandlerConfig struct {
 	// request and a client span per upstream attempt, continuing and
 	// propagating W3C Trace Context. Nil: no tracing, at no cost.
 	TracerProvider *tracing.Provider
+	// Hop is this data plane's identity: a request whose Via names it, or
+	// that made more than MaxHops, is answered 508 (see loop.go). Nil: no
+	// loop detection.
+	Hop *Hop
 }
 
 // Handler is the traffic http.Handler.
@@ -67,17 +80,19 @@ type Handler struct {
 	current     func() Routes
 	ip          *clientip.Resolver
 	underscores bool // keep header names with an underscore
+	maxHeaders  int  // 0: no limit
 	unrouted    *metrics.Route
 	access      *accessLog // nil: no access log
 	tracer      *tracer    // nil: no tracing
+	hop         *Hop       // nil: no loop detection
 }
 
 // NewHandler returns a Handler that calls current once per request to get
 // the live configuration; current returns nil while none is applied.
 func NewHandler(current func() Routes, c HandlerConfig) *Handler {
 	h := &Handler{
-		current: current, ip: c.ClientIP, underscores: c.AllowUnderscoreHeaders,
-		unrouted: c.Metrics.Unrouted(), tracer: newTracer(c.TracerProvider),
+		current: current, ip: c.ClientIP, underscores: c.AllowUnderscoreHeaders, maxHeaders: c.MaxHeaders,
+		unrouted: c.Metrics.Unrouted(), tracer: newTracer(c.TracerProvider), hop: c.Hop,
 	}
 	if c.AccessLog != nil {
 		h.access = &accessLog{log: c.AccessLog, ip: c.ClientIP}
@@ -96,6 +111,7 @@ var (
 	bodyConnectFailed    = []byte(`{"error":"upstream connect failure"}` + "\n")
 	bodyGatewayTime      = []byte(`{"error":"upstream timeout"}` + "\n")
 	bodyTooLarge         = []byte(`{"error":"request body too large"}` + "\n")
+	bodyTooManyHeaders   = []byte(`{"error":"too many request header fields"}` + "\n")
 )
 
 // Header names in canonical form, so map lookups need no canonicalising.
@@ -115,7 +131,12 @@ const (
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// First: whatever the gateway sets from here on must survive, and a
 	// client's X-Request-Id named in Connection must not be echoed.
-	h.sanitize(r)
+	if !h.sanitize(r) {
+		// Too many header fields. The answer carries an id of the
+		// gateway's own: sanitize stopped before Connection was applied.
+		h.writeError(w, r, newRequestID(), http.StatusRequestHeaderFieldsTooLarge, bodyTooManyHeaders, errTooManyHeaders)
+		return
+	}
 	// The id goes on every answer, errors included, so a client can quote
 	// it; the route passes the same id to the upstream. A generated id is
 	// handed to the route as a string: it places it on both requests
@@ -130,6 +151,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else {
 		delete(r.Header, headerRequestID) // an empty one is replaced
 		newID = newRequestID()
+	}
+	if h.looped(w, r, newID) {
+		return
 	}
 
 	routes := h.current()

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"slices"
@@ -50,6 +52,13 @@ type RouteConfig struct {
 	// Metrics records the route's requests and upstream attempts; nil:
 	// none.
 	Metrics *metrics.Route
+	// Hop is the data plane's identity, added to the Via header of every
+	// request sent upstream; nil: none.
+	Hop *Hop
+	// ResponseHeaderTimeout bounds each attempt's wait for its response
+	// to begin when the spec sets no timeout; 0:
+	// upstream.DefaultResponseHeaderTimeout.
+	ResponseHeaderTimeout time.Duration
 }
 
 // Route forwards the requests of one route to its upstream. It is
@@ -65,7 +74,10 @@ type RouteConfig struct {
 // upgrades (WebSocket), gRPC calls (they carry their own grpc-timeout
 // deadline) and server-sent events subscriptions (Accept:
 // text/event-stream). Connecting is bounded by the upstream's
-// timeouts.connect, in its transport's dialer.
+// timeouts.connect, in its transport's dialer. A route without a timeout
+// bounds each attempt's wait for its response to begin instead
+// (RouteConfig.ResponseHeaderTimeout, see loop.go); what follows the
+// response header is not bounded.
 //
 // A circuit breaker (RouteConfig.Breaker, or TargetBreaker per target) is
 // asked before every attempt. A refusal of the first attempt answers the
@@ -87,7 +99,9 @@ type RouteConfig struct {
 //     TLS handshake failure);
 //   - reset: the connection broke before a whole response header arrived;
 //   - timeout: a transport timeout before the route's deadline (a connect
-//     or TLS handshake timeout). There is no per-attempt timeout: an
+//     or TLS handshake timeout), or on a route without a timeout, an
+//     upstream that did not begin its response within the response
+//     header timeout (see loop.go). There is no other per-attempt timeout: an
 //     attempt cut by the route timeout ends the request with a 504 and is
 //     never retried, and an upstream's own 504 is retried by "504",
 //     gateway_error or 5xx;
@@ -130,6 +144,7 @@ type Route struct {
 	buffers     *BufferPool
 	lean        bool // the upstream is not h2c, so the lean path may serve
 	log         *slog.Logger
+	upgrades    upgradeSet // the protocols a client may switch to (upgrade.go)
 
 	breaker       *breaker.Breaker
 	targetBreaker func(address string) *breaker.Breaker
@@ -139,6 +154,11 @@ type Route struct {
 	picks         int          // how many picks admit may make for one attempt
 
 	metrics *metrics.Route // nil: none
+
+	hop           *Hop          // nil: no Via
+	headerTimeout time.Duration // bounds the wait for a response; 0 when the route has a timeout
+	connWait      bool          // bodiless lean requests are bounded by their connection (gotConnHook)
+	gotConnHook   func(httptrace.GotConnInfo)
 }
 
 // NewRoute builds the handler of one route. Errors are *config.FieldError.
@@ -160,6 +180,7 @@ func NewRoute(c RouteConfig) (*Route, error) {
 		breaker:  c.Breaker,
 		fallback: newFallback(c.Fallback),
 		metrics:  c.Metrics,
+		upgrades: upgradeSet(config.RouteUpgrades(spec)),
 	}
 	if c.Breaker == nil {
 		rt.targetBreaker = c.TargetBreaker
@@ -191,13 +212,23 @@ func NewRoute(c RouteConfig) (*Route, error) {
 	}
 	rt.retry = retry
 	rt.guarded = rt.breaker != nil || rt.targetBreaker != nil || rt.retry != nil
+	rt.hop = c.Hop
+	var transport http.RoundTripper = c.Pool.Transport()
+	if rt.timeout <= 0 {
+		rt.headerTimeout = cmp.Or(c.ResponseHeaderTimeout, upstream.DefaultResponseHeaderTimeout)
+		transport = awaitTransport{rt}
+		if rt.lean && c.Pool.ConnDeadlines() {
+			rt.connWait = true
+			rt.gotConnHook = rt.gotConn // one method value for every request
+		}
+	}
 	errorLog := c.ErrorLog
 	if errorLog == nil {
 		errorLog = slog.NewLogLogger(c.Log.Handler(), slog.LevelWarn)
 	}
 	rt.rp = &httputil.ReverseProxy{
 		Rewrite:        rt.rewrite,
-		Transport:      c.Pool.Transport(),
+		Transport:      transport,
 		BufferPool:     c.Buffers,
 		ErrorHandler:   rt.proxyError,
 		ErrorLog:       errorLog,
@@ -224,6 +255,9 @@ func (rt *Route) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // being stored on r first; "" when the client sent one. Handler has put a
 // client's id on the response already.
 func (rt *Route) serve(w http.ResponseWriter, r *http.Request, newID string) {
+	if len(r.Header[headerUpgrade]) > 0 && !rt.screenUpgrade(w, r, newID) {
+		return
+	}
 	lean := rt.lean && leanRequest(r)
 	if newID != "" && !lean {
 		ids := []string{newID}
@@ -502,6 +536,11 @@ func (rt *Route) rewrite(pr *httputil.ProxyRequest) {
 		h[headerForwardedRFC] = v
 	}
 	rt.request.apply(h)
+	if rt.hop != nil {
+		// After the policy, which may edit the client's entries but not
+		// drop the one loop detection needs.
+		h[headerVia] = append(slices.Clip(h[headerVia]), rt.hop.entry(in)[0])
+	}
 	if sc := trace.SpanContextFromContext(out.Context()); sc.IsValid() {
 		inject(sc, h)
 	}
@@ -551,6 +590,11 @@ func (rt *Route) editPath(p string) string {
 }
 
 func (rt *Route) modifyResponse(resp *http.Response) error {
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if err := rt.checkSwitch(resp); err != nil {
+			return err // closes the upstream connection; proxyError answers 502
+		}
+	}
 	// Handler already put the request's id on the response; an upstream
 	// echoing it (or another) must not duplicate or replace it.
 	delete(resp.Header, headerRequestID)
@@ -572,6 +616,10 @@ func (rt *Route) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		// Before writing: the answer's status is the gateway's, not the
 		// upstream's.
 		x.try.recordFailure(f, x.latency)
+	}
+	if len(r.Header[headerUpgrade]) > 0 {
+		// A failed upgrade closes the connection, as a refused one does.
+		w.Header()["Connection"] = connectionClose
 	}
 	rt.writeFailure(w, r, f, err, ids)
 	if ok {

@@ -16,19 +16,28 @@ import (
 
 const headerConnection = "Connection"
 
+// errTooManyHeaders is the access log's error of a request sanitize
+// refused for its number of header fields.
+const errTooManyHeaders = "too_many_headers"
+
 // sanitize removes from r's header what a client must not send upstream:
 // the headers its Connection header names (hop-by-hop for this hop only,
 // and a way to strip gateway headers further on), header names with an
 // underscore unless h allows them, and the client-address headers of a
 // peer that is not a trusted proxy. It allocates only when Connection
 // names something besides connection options.
-func (h *Handler) sanitize(r *http.Request) {
+//
+// It reports false, leaving the header half cleaned, when the request has
+// more header fields than h.maxHeaders: the caller answers 431. The
+// fields (every value line; Host is not in r.Header) are counted in the
+// loop that runs anyway, before Connection can have any removed, so a
+// client cannot hide fields from the count by listing them there.
+func (h *Handler) sanitize(r *http.Request) bool {
 	hdr := r.Header
-	if conn := hdr[headerConnection]; len(conn) > 0 {
-		dropConnectionListed(hdr, conn)
-	}
+	fields := 0
 	addressed := false // a header claims a client address or a hop
-	for k := range hdr {
+	for k, v := range hdr {
+		fields += len(v)
 		switch {
 		case !h.underscores && strings.IndexByte(k, '_') >= 0:
 			delete(hdr, k) // deleting during range is safe
@@ -36,9 +45,18 @@ func (h *Handler) sanitize(r *http.Request) {
 			addressed = true
 		}
 	}
+	if h.maxHeaders > 0 && fields > h.maxHeaders {
+		return false
+	}
+	if conn := hdr[headerConnection]; len(conn) > 0 {
+		dropConnectionListed(hdr, conn)
+	}
+	// Connection may have named a client-address header that is gone now;
+	// dropClientAddresses then finds nothing more to remove.
 	if addressed && !h.ip.TrustedPeer(r.RemoteAddr) {
 		dropClientAddresses(hdr)
 	}
+	return true
 }
 
 // dropConnectionListed removes the headers conn (the client's Connection

@@ -1,7 +1,7 @@
 // Package server builds the data plane's traffic http.Server: the
-// protocols it speaks, its protections against slow or greedy clients, its
-// TLS certificates, and the readiness gate that turns /readyz off while
-// the process drains.
+// protocols it speaks, its protections against slow or greedy clients
+// (timeouts, header size, a connection cap), its TLS certificates, and
+// the readiness gate that turns /readyz off while the process drains.
 package server
 
 import (
@@ -42,6 +42,10 @@ type Config struct {
 	Certificates []tls.Certificate
 	// ErrorLog receives net/http's own messages (TLS handshake errors...).
 	ErrorLog *log.Logger
+	// Connections, when set, tracks the server's connections for its
+	// cap; the listeners given to Serve and ServeTLS must be wrapped with
+	// its Listener.
+	Connections *ConnLimiter
 }
 
 // New returns the traffic server. On a plaintext listener (Serve) it speaks
@@ -62,6 +66,9 @@ func New(h http.Handler, c Config) *http.Server {
 		IdleTimeout:       c.IdleTimeout,
 		MaxHeaderBytes:    c.MaxHeaderBytes,
 		ErrorLog:          c.ErrorLog,
+	}
+	if c.Connections != nil {
+		srv.ConnState = c.Connections.ConnState
 	}
 	if len(c.Certificates) > 0 {
 		srv.TLSConfig = TLSConfig(c.Certificates)

@@ -407,6 +407,17 @@ func newTransport(spec *meridianv1.UpstreamSpec) (*http.Transport, error) {
 		TLSHandshakeTimeout:   durationOr(cp.GetTlsHandshakeTimeout(), DefaultTLSHandshakeTimeout),
 		ExpectContinueTimeout: time.Second,
 	}
+	if connDeadlines(spec) {
+		// Plain HTTP/1.1 connections can bound the wait for a response
+		// themselves (see AwaitResponse).
+		t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &awaitConn{Conn: c}, nil
+		}
+	}
 	switch spec.GetScheme() {
 	case meridianv1.Scheme_SCHEME_H2C:
 		var protos http.Protocols

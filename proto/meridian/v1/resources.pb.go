@@ -1290,7 +1290,11 @@ type RouteSpec struct {
 	// Breaks ties between routes of equal match precedence; higher wins.
 	Priority int32 `protobuf:"varint,10,opt,name=priority,proto3" json:"priority,omitempty"`
 	// Largest request body accepted; larger ones get 413. 0 = no limit.
-	MaxBodyBytes  uint64 `protobuf:"varint,11,opt,name=max_body_bytes,json=maxBodyBytes,proto3" json:"max_body_bytes,omitempty"`
+	MaxBodyBytes uint64 `protobuf:"varint,11,opt,name=max_body_bytes,json=maxBodyBytes,proto3" json:"max_body_bytes,omitempty"`
+	// Protocols (Upgrade tokens, lower-case) a client may switch to through
+	// this route; unset (or empty) = [websocket]; [none] = no upgrades. h2c is
+	// never tunnelled and refused here. Another upgrade request gets 403.
+	Upgrades      []string `protobuf:"bytes,12,rep,name=upgrades,proto3" json:"upgrades,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1400,6 +1404,13 @@ func (x *RouteSpec) GetMaxBodyBytes() uint64 {
 		return x.MaxBodyBytes
 	}
 	return 0
+}
+
+func (x *RouteSpec) GetUpgrades() []string {
+	if x != nil {
+		return x.Upgrades
+	}
+	return nil
 }
 
 // RouteMatch is a conjunction: every non-empty part must match.
@@ -3149,7 +3160,7 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\x14insecure_skip_verify\x18\x03 \x01(\bR\x12insecureSkipVerify\"f\n" +
 	"\x05Route\x121\n" +
 	"\bmetadata\x18\x01 \x01(\v2\x15.meridian.v1.MetadataR\bmetadata\x12*\n" +
-	"\x04spec\x18\x02 \x01(\v2\x16.meridian.v1.RouteSpecR\x04spec\"\xd8\x03\n" +
+	"\x04spec\x18\x02 \x01(\v2\x16.meridian.v1.RouteSpecR\x04spec\"\xf4\x03\n" +
 	"\tRouteSpec\x12-\n" +
 	"\x05match\x18\x01 \x01(\v2\x17.meridian.v1.RouteMatchR\x05match\x12\x1a\n" +
 	"\bupstream\x18\x02 \x01(\tR\bupstream\x12.\n" +
@@ -3163,7 +3174,8 @@ const file_meridian_v1_resources_proto_rawDesc = "" +
 	"\x0fcircuit_breaker\x18\t \x01(\tR\x0ecircuitBreaker\x12\x1a\n" +
 	"\bpriority\x18\n" +
 	" \x01(\x05R\bpriority\x12$\n" +
-	"\x0emax_body_bytes\x18\v \x01(\x04R\fmaxBodyBytes\"\x9e\x01\n" +
+	"\x0emax_body_bytes\x18\v \x01(\x04R\fmaxBodyBytes\x12\x1a\n" +
+	"\bupgrades\x18\f \x03(\tR\bupgrades\"\x9e\x01\n" +
 	"\n" +
 	"RouteMatch\x12\x14\n" +
 	"\x05hosts\x18\x01 \x03(\tR\x05hosts\x12\x18\n" +

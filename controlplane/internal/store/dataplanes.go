@@ -64,8 +64,8 @@ func (s *Store) lease(ctx context.Context) (clientv3.LeaseID, error) {
 
 func validStatus(st *meridianv1.DataplaneStatus) (string, error) {
 	id := st.GetNode().GetId()
-	if id == "" || strings.Contains(id, "/") {
-		return "", fmt.Errorf("%w: data-plane node id %q", ErrInvalid, id)
+	if err := checkNodeID(id); err != nil {
+		return "", fmt.Errorf("data-plane status: %w", err)
 	}
 	return id, nil
 }

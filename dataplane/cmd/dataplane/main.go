@@ -64,9 +64,11 @@ type options struct {
 	certFiles    []string
 	keyFiles     []string
 	trusted      []netip.Prefix
-	underscores  bool // --allow-underscore-headers
-	maxHeaders   int  // --max-headers; 0: no limit
-	maxConns     int  // --max-connections; 0: no cap
+	underscores  bool          // --allow-underscore-headers
+	maxHeaders   int           // --max-headers; 0: no limit
+	maxConns     int           // --max-connections; 0: no cap
+	sendTimeout  time.Duration // --send-timeout; 0: none
+	bodyTimeout  time.Duration // --body-read-timeout; 0: none
 	server       server.Config
 	drainTimeout time.Duration
 	controlplane []string
@@ -123,6 +125,8 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	maxHeaderBytes := fs.Int("max-header-bytes", server.DefaultMaxHeaderBytes, "largest request line and headers accepted, in bytes")
 	maxHeaders := fs.Int("max-headers", proxy.DefaultMaxHeaders, "most request header fields accepted, each value line counted (Host not); more get 431, as Envoy's max_headers_count; 0 = no limit")
 	maxConns := fs.Int("max-connections", server.DefaultMaxConnections, "most client connections open at once on the traffic listeners (plain and TLS together); at the cap a new connection closes the longest-idle keep-alive one, as nginx does, and is refused only when none is idle; 0 = no cap")
+	sendTimeout := fs.Duration("send-timeout", server.DefaultSendTimeout, "longest wait for one write of a response to a client that does not read (between two successful writes, as nginx's send_timeout); the client's connection is closed and its upstream connection freed; 0 = none")
+	bodyTimeout := fs.Duration("body-read-timeout", proxy.DefaultBodyReadTimeout, "longest wait between two reads of a request body (nginx's client_body_timeout); the client gets 408 and its upstream connection is freed; gRPC streams are not bounded; 0 = none")
 	drainTimeout := fs.Duration("drain-timeout", server.DefaultDrainTimeout, "on SIGTERM, time in-flight requests get to finish")
 	controlplane := fs.String("controlplane", "127.0.0.1:7400", "control-plane addresses, comma-separated, tried in order")
 	joinToken := fs.String("join-token", "", "join token from 'gatewayctl tokens create', used to enrol when <cache-dir>/identity holds no usable certificate; prefer --join-token-file or MERIDIAN_JOIN_TOKEN, which process listings do not show")
@@ -189,6 +193,7 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 		logFormat:    *logFormat, accessLog: *accessLog, accessSample: *accessSample,
 		traceSample: *traceSample,
 		maxHeaders:  *maxHeaders, maxConns: *maxConns,
+		sendTimeout: *sendTimeout, bodyTimeout: *bodyTimeout,
 		server: server.Config{
 			ReadHeaderTimeout: *readHeaderTimeout, ReadTimeout: *readTimeout, WriteTimeout: *writeTimeout,
 			IdleTimeout: *idleTimeout, MaxHeaderBytes: *maxHeaderBytes,
@@ -197,7 +202,7 @@ func parseFlags(args []string, lookupEnv func(string) (string, bool), stderr io.
 	if len(certFiles) != len(keyFiles) {
 		return nil, fmt.Errorf("%w: --tls-cert and --tls-key: %d certificates but %d keys; give them in pairs", errUsage, len(certFiles), len(keyFiles))
 	}
-	for name, d := range map[string]time.Duration{"read-header-timeout": *readHeaderTimeout, "read-timeout": *readTimeout, "write-timeout": *writeTimeout, "idle-timeout": *idleTimeout, "drain-timeout": *drainTimeout} {
+	for name, d := range map[string]time.Duration{"read-header-timeout": *readHeaderTimeout, "read-timeout": *readTimeout, "write-timeout": *writeTimeout, "idle-timeout": *idleTimeout, "drain-timeout": *drainTimeout, "send-timeout": *sendTimeout, "body-read-timeout": *bodyTimeout} {
 		if d < 0 {
 			return nil, fmt.Errorf("%w: --%s: must not be negative", errUsage, name)
 		}
@@ -502,7 +507,8 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	}
 
 	ip := clientip.New(o.trusted)
-	gwOpts := gateway.Options{Logger: log, ClientIP: ip, Metrics: m, NodeID: o.nodeID}
+	gwOpts := gateway.Options{Logger: log, ClientIP: ip, Metrics: m, NodeID: o.nodeID,
+		BodyReadTimeout: o.bodyTimeout, SendTimeout: o.sendTimeout}
 	if o.redis != nil {
 		// go-redis prints each failed dial on its own; the limiter logs
 		// every switch already, so these go to debug, as JSON.

@@ -124,6 +124,10 @@ type Options struct {
 	// upstream target at one of them is refused (SetListeners sets them
 	// later).
 	Listeners []Listener
+	// BodyReadTimeout and SendTimeout are every route's
+	// proxy.RouteConfig fields of those names (--body-read-timeout,
+	// --send-timeout); 0: none.
+	BodyReadTimeout, SendTimeout time.Duration
 }
 
 // Gateway holds the live Config and applies new snapshots.
@@ -139,6 +143,8 @@ type Gateway struct {
 	metrics  *metrics.Metrics
 	hop      *proxy.Hop
 	self     []Listener // guarded by mu
+	// Client timeouts every route gets (Options).
+	bodyTimeout, sendTimeout time.Duration
 	// fleet is the number of connected data planes as the control plane
 	// last said; global limits falling back to local counting enforce
 	// their limit divided by it. 1 until told otherwise.
@@ -165,6 +171,9 @@ func New(opts Options) *Gateway {
 		metrics:  opts.Metrics,
 		hop:      proxy.NewHop(opts.NodeID),
 		self:     slices.Clone(opts.Listeners),
+
+		bodyTimeout: opts.BodyReadTimeout,
+		sendTimeout: opts.SendTimeout,
 	}
 	g.fleet.Store(1)
 	return g
@@ -440,6 +449,7 @@ func (g *Gateway) compile(ctx context.Context, snap *meridianv1.Snapshot, prev *
 			Buffers: g.buffers, Log: g.log, ErrorLog: g.errorLog,
 			Breaker: rb.shared, TargetBreaker: rb.targetBreaker(), Fallback: rb.fallback,
 			Metrics: g.metrics.Route(name, upName), Hop: g.hop,
+			BodyReadTimeout: g.bodyTimeout, SendTimeout: g.sendTimeout,
 		})
 		if err != nil {
 			errs = appendErr(errs, err)

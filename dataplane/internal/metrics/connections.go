@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +24,9 @@ type Connections struct {
 	open      atomic.Int64
 	reclaimed atomic.Uint64
 	refused   atomic.Uint64
+
+	mu        sync.Mutex
+	malformed map[string]uint64 // by reason; the listener's reasons are a fixed set
 }
 
 // SetOpen records the number of open client connections.
@@ -47,6 +51,21 @@ func (c *Connections) Refused() {
 	}
 }
 
+// Malformed counts a request the traffic listener refused for its framing
+// (server.GuardConfig), by reason. It is called once per refused
+// request, which also closes its connection.
+func (c *Connections) Malformed(reason string) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	if c.malformed == nil {
+		c.malformed = map[string]uint64{}
+	}
+	c.malformed[reason]++
+	c.mu.Unlock()
+}
+
 // Connections returns the recorder of the traffic listeners'
 // connections. Nil on a nil Metrics.
 func (m *Metrics) Connections() *Connections {
@@ -62,4 +81,9 @@ func (c *Connections) collect(m *Metrics, ch chan<- prometheus.Metric) {
 	gauge(ch, m.connsOpen, float64(c.open.Load()))
 	counter(ch, m.connsRejected, c.reclaimed.Load(), ConnIdleReclaimed)
 	counter(ch, m.connsRejected, c.refused.Load(), ConnAtCapacity)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for reason, n := range c.malformed {
+		counter(ch, m.malformed, n, reason)
+	}
 }

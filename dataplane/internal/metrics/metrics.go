@@ -62,6 +62,7 @@ type Metrics struct {
 	jwtRequests     *prometheus.Desc
 	connsOpen       *prometheus.Desc
 	connsRejected   *prometheus.Desc
+	malformed       *prometheus.Desc
 }
 
 type routeKey struct{ route, upstream string }
@@ -101,7 +102,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		bytesOut: desc("response_body_bytes_total",
 			"Response body bytes written to clients, by route.", routeLabels...),
 		attempts: desc("upstream_attempts_total",
-			"Attempts sent to upstream targets, retries included, by outcome: the response's status class, or connect_failure, reset, timeout, canceled (the client left), protocol_error or body_too_large (the client's body passed the route's limit).",
+			"Attempts sent to upstream targets, retries included, by outcome: the response's status class, or connect_failure, reset, timeout, canceled (the client left), protocol_error, or the client's faults, which say nothing about the upstream: body_too_large (the client's body passed the route's limit), bad_request_body (it was malformed) and request_body_timeout (it stopped arriving).",
 			"route", "upstream", "outcome"),
 		retries: desc("retries_total",
 			"Retries made, by route.", routeLabels...),
@@ -124,6 +125,9 @@ func New(reg prometheus.Registerer) *Metrics {
 		connsRejected: desc("connections_rejected_total",
 			"Client connections closed because --max-connections was reached, by reason: idle_reclaimed (the longest-idle keep-alive connection, closed to admit a new one) or at_capacity (a new connection, closed at once because none was idle).",
 			"reason"),
+		malformed: desc("malformed_requests_total",
+			"Requests answered 400 and their connection closed by the plaintext traffic listener before any route saw them, for framing that could smuggle a request past another HTTP parser, by reason: content_length_with_transfer_encoding, obs_fold, bare_lf, bad_transfer_encoding, bad_content_length, bad_chunk or bad_header.",
+			"reason"),
 	}
 	m.unrouted = m.newRoute(NoRoute, NoRoute)
 	reg.MustRegister(m)
@@ -137,7 +141,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		m.requests, m.inFlight, m.bytesIn, m.bytesOut, m.attempts, m.retries, m.budgetExhausted,
 		m.limitDecisions, m.storeFailures, m.storeSwitches, m.jwtRequests,
-		m.connsOpen, m.connsRejected,
+		m.connsOpen, m.connsRejected, m.malformed,
 	} {
 		ch <- d
 	}

@@ -69,7 +69,7 @@ meridian_dataplane_request_body_bytes_total{route="api",upstream="users"} 11
 # TYPE meridian_dataplane_response_body_bytes_total counter
 meridian_dataplane_response_body_bytes_total{route="(none)",upstream="(none)"} 0
 meridian_dataplane_response_body_bytes_total{route="api",upstream="users"} 22
-# HELP meridian_dataplane_upstream_attempts_total Attempts sent to upstream targets, retries included, by outcome: the response's status class, or connect_failure, reset, timeout, canceled (the client left), protocol_error or body_too_large (the client's body passed the route's limit).
+# HELP meridian_dataplane_upstream_attempts_total Attempts sent to upstream targets, retries included, by outcome: the response's status class, or connect_failure, reset, timeout, canceled (the client left), protocol_error, or the client's faults, which say nothing about the upstream: body_too_large (the client's body passed the route's limit), bad_request_body (it was malformed) and request_body_timeout (it stopped arriving).
 # TYPE meridian_dataplane_upstream_attempts_total counter
 meridian_dataplane_upstream_attempts_total{outcome="2xx",route="api",upstream="users"} 1
 meridian_dataplane_upstream_attempts_total{outcome="5xx",route="api",upstream="users"} 1

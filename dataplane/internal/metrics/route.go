@@ -74,10 +74,14 @@ const (
 	ProtocolError
 	// BodyTooLarge: the client's body passed the route's limit.
 	BodyTooLarge
+	// BadRequestBody: the client's body could not be read (malformed).
+	BadRequestBody
+	// RequestBodyTimeout: the client's body stopped arriving.
+	RequestBodyTimeout
 	numFailures
 )
 
-var failureLabels = [numFailures]string{"connect_failure", "reset", "timeout", "canceled", "protocol_error", "body_too_large"}
+var failureLabels = [numFailures]string{"connect_failure", "reset", "timeout", "canceled", "protocol_error", "body_too_large", "bad_request_body", "request_body_timeout"}
 
 // Route records the requests of one route sending to one upstream. Its
 // methods are safe for concurrent use, allocate nothing (but CountBody)

@@ -112,6 +112,10 @@ func (k failKind) label() string {
 		return "body_too_large"
 	case failProtocol:
 		return "protocol_error"
+	case failBadBody:
+		return errBadRequestBody
+	case failBodyTimeout:
+		return "request_body_timeout"
 	}
 	return "reset"
 }

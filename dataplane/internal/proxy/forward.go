@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/breaker"
@@ -129,7 +128,7 @@ var (
 // returned (an early response, a cancellation).
 type forward struct {
 	url    url.URL
-	body   requestBody
+	body   clientBody
 	replay replayBody // the first attempt's body, when buffered for retries
 	vals   [3]string  // X-Forwarded-For, X-Forwarded-Host, X-Request-Id
 	via    [2]string  // the client's one Via line and the data plane's entry
@@ -146,28 +145,6 @@ type informational struct {
 	mu   sync.Mutex
 	w    http.ResponseWriter
 	done bool
-}
-
-// requestBody keeps the transport from closing the client's request body
-// (closing it can block on a client that has not sent it yet) and stops
-// reads once the exchange is over, as ReverseProxy does.
-type requestBody struct {
-	rc     io.ReadCloser
-	closed atomic.Bool
-}
-
-var errBodyClosed = errors.New("proxy: read on the request body after the exchange ended")
-
-func (b *requestBody) Read(p []byte) (int, error) {
-	if b.closed.Load() {
-		return 0, errBodyClosed
-	}
-	return b.rc.Read(p)
-}
-
-func (b *requestBody) Close() error {
-	b.closed.Store(true)
-	return nil
 }
 
 // replayBody is one attempt's copy of a buffered request body. The buffer
@@ -265,6 +242,8 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 		out.Body = &fw.replay
 	case r.Body != nil:
 		fw.body.rc = r.Body
+		until, _ := ctx.Deadline()
+		fw.body.setLimits(w, rt.bodyTimeoutFor(r), until)
 		out.Body = &fw.body
 		defer fw.body.Close()
 	}
@@ -366,7 +345,7 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 		p.rec.attempt(n+1, a.target.Address(), latency)
 		var retry bool
 		if err != nil {
-			f = classify(out, err)
+			f = classify(out, err, &fw.body)
 			endAttempt(span, 0, f.kind.label())
 			span = nil
 			o = f.poolOutcome(err, latency)
@@ -393,7 +372,7 @@ func (rt *Route) forward(w http.ResponseWriter, r *http.Request, a try, p plan) 
 				span, res = nil, nil
 			}
 			err = cause
-			f = classify(out, err)
+			f = classify(out, err, nil)
 			break
 		}
 		if next.target == nil {
@@ -597,6 +576,10 @@ func (rt *Route) copyBody(w http.ResponseWriter, res *http.Response, r *http.Req
 		rc = http.NewResponseController(w)
 		rc.Flush() //nolint:errcheck // a writer that cannot flush streams as it can
 	}
+	var stream *http.ResponseController // bounds writes to an HTTP/2 stream
+	if r.ProtoMajor == 2 && rt.sendTimeout > 0 {
+		stream = http.NewResponseController(w)
+	}
 	buf := rt.buffers.Get()
 	defer rt.buffers.Put(buf)
 	for {
@@ -606,7 +589,7 @@ func (rt *Route) copyBody(w http.ResponseWriter, res *http.Response, r *http.Req
 				slog.String("route", rt.name), slog.String("upstream", rt.pool.Name()), slog.String("error", rerr.Error()))
 		}
 		if n > 0 {
-			nw, werr := w.Write(buf[:n])
+			nw, werr := rt.writeBody(w, stream, buf[:n])
 			if werr != nil {
 				return werr
 			}
@@ -624,6 +607,24 @@ func (rt *Route) copyBody(w http.ResponseWriter, res *http.Response, r *http.Req
 			return rerr
 		}
 	}
+}
+
+// writeBody writes p to the client. With stream set (an HTTP/2 response),
+// the write must finish within the send timeout: flow control can hold an
+// HTTP/2 stream back while its connection stays writable, which the
+// listener's per-connection timeout does not see. The deadline is cleared
+// after the write, since an HTTP/2 stream whose write deadline passes is
+// reset even when nothing is being written (a quiet event stream).
+func (rt *Route) writeBody(w http.ResponseWriter, stream *http.ResponseController, p []byte) (int, error) {
+	if stream == nil {
+		return w.Write(p)
+	}
+	stream.SetWriteDeadline(time.Now().Add(rt.sendTimeout)) //nolint:errcheck // a writer without deadlines writes unbounded
+	n, err := w.Write(p)
+	if err == nil {
+		stream.SetWriteDeadline(time.Time{}) //nolint:errcheck // as above
+	}
+	return n, err
 }
 
 // eventStream reports whether a Content-Type is text/event-stream, whose

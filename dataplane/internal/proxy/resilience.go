@@ -25,6 +25,7 @@ var (
 	bodyBreakerOpen     = []byte(`{"error":"circuit breaker open"}` + "\n")
 	bodyBreakerHalfOpen = []byte(`{"error":"circuit breaker half-open"}` + "\n")
 	bodyBadBody         = []byte(`{"error":"could not read request body"}` + "\n")
+	bodyBodyTimeout     = []byte(`{"error":"request body timeout"}` + "\n")
 )
 
 // fallback is a compiled CircuitBreakerSpec.fallback.
@@ -161,10 +162,10 @@ func (a *try) recordFailure(f failure, latency time.Duration) {
 		return
 	}
 	var o breaker.Outcome
-	switch f.kind {
-	case failDeadline, failTimeout:
+	switch {
+	case f.kind == failDeadline, f.kind == failTimeout:
 		o = breaker.Timeout
-	case failCanceled, failTooLarge:
+	case f.clients():
 		o = breaker.Canceled
 	default:
 		o = breaker.Failure
@@ -194,6 +195,12 @@ const (
 	failTooLarge
 	// failProtocol: the upstream answered in a way the proxy refuses.
 	failProtocol
+	// failBadBody: the client's body could not be read (a malformed
+	// chunk, say).
+	failBadBody
+	// failBodyTimeout: the client's body stopped arriving: the attempt
+	// ended while the transport waited for more of it.
+	failBodyTimeout
 )
 
 // outcome is the attempt failure metrics report for k.
@@ -209,6 +216,10 @@ func (k failKind) outcome() metrics.AttemptFailure {
 		return metrics.BodyTooLarge
 	case failProtocol:
 		return metrics.ProtocolError
+	case failBadBody:
+		return metrics.BadRequestBody
+	case failBodyTimeout:
+		return metrics.RequestBodyTimeout
 	}
 	return metrics.Reset
 }
@@ -222,10 +233,14 @@ type failure struct {
 }
 
 // classify says why an attempt on r (the outgoing request, whose context
-// carries the route's deadline) failed with err. The status says whose
-// fault it was: 413 the client's body, 502 a connect failure or reset,
-// 504 a timeout.
-func classify(r *http.Request, err error) failure {
+// carries the route's deadline) failed with err, body being the client's
+// body as the transport read it (nil: none). The status says whose fault
+// it was: 400 or 408 the client's body (broken, or stalled), 413 the
+// client's body too long, 502 a connect failure or reset, 504 a timeout.
+func classify(r *http.Request, err error, body *clientBody) failure {
+	if f, ok := body.fault(); ok {
+		return f
+	}
 	var tooLarge *http.MaxBytesError
 	var opErr *net.OpError
 	var netErr net.Error
@@ -251,12 +266,23 @@ func classify(r *http.Request, err error) failure {
 	return failure{kind: failReset, status: http.StatusBadGateway, body: bodyBadGateway}
 }
 
+// clients reports whether the failure was the client's doing.
+func (f failure) clients() bool {
+	switch f.kind {
+	case failCanceled, failTooLarge, failBadBody, failBodyTimeout:
+		return true
+	}
+	return false
+}
+
 // poolOutcome is what a failed attempt tells the pool about its target.
 func (f failure) poolOutcome(err error, latency time.Duration) upstream.Outcome {
-	switch f.kind {
-	case failTooLarge:
+	switch {
+	case f.kind == failTooLarge:
 		return upstream.Outcome{Status: f.status, Latency: latency} // the client's fault
-	case failCanceled:
+	case f.clients():
+		// Nothing about the target: passive health and outlier
+		// ejection ignore it.
 		return upstream.Outcome{Err: context.Canceled, Latency: latency}
 	}
 	return upstream.Outcome{Err: err, Latency: latency}

@@ -59,6 +59,15 @@ type RouteConfig struct {
 	// to begin when the spec sets no timeout; 0:
 	// upstream.DefaultResponseHeaderTimeout.
 	ResponseHeaderTimeout time.Duration
+	// BodyReadTimeout bounds the wait between two reads of a request body
+	// (--body-read-timeout); 0: none. Long-lived streams (gRPC, see
+	// longLived) are not bounded.
+	BodyReadTimeout time.Duration
+	// SendTimeout bounds each write of a response body to an HTTP/2
+	// stream (--send-timeout), which flow control can hold back while the
+	// connection itself is writable; 0: none. HTTP/1 connections are
+	// bounded by the listener (server.GuardConfig.SendTimeout).
+	SendTimeout time.Duration
 }
 
 // Route forwards the requests of one route to its upstream. It is
@@ -159,6 +168,9 @@ type Route struct {
 	headerTimeout time.Duration // bounds the wait for a response; 0 when the route has a timeout
 	connWait      bool          // bodiless lean requests are bounded by their connection (gotConnHook)
 	gotConnHook   func(httptrace.GotConnInfo)
+
+	bodyTimeout time.Duration // between two reads of a request body; 0: none
+	sendTimeout time.Duration // between two writes to an HTTP/2 stream; 0: none
 }
 
 // NewRoute builds the handler of one route. Errors are *config.FieldError.
@@ -213,6 +225,7 @@ func NewRoute(c RouteConfig) (*Route, error) {
 	rt.retry = retry
 	rt.guarded = rt.breaker != nil || rt.targetBreaker != nil || rt.retry != nil
 	rt.hop = c.Hop
+	rt.bodyTimeout, rt.sendTimeout = c.BodyReadTimeout, c.SendTimeout
 	var transport http.RoundTripper = c.Pool.Transport()
 	if rt.timeout <= 0 {
 		rt.headerTimeout = cmp.Or(c.ResponseHeaderTimeout, upstream.DefaultResponseHeaderTimeout)
@@ -280,9 +293,13 @@ func (rt *Route) serve(w http.ResponseWriter, r *http.Request, newID string) {
 			// Read before the breaker is asked, so that a slow client's
 			// upload does not count as the upstream's latency.
 			p.replay = make([]byte, r.ContentLength)
-			if _, err := io.ReadFull(r.Body, p.replay); err != nil {
-				rec.fail(errBadRequestBody)
-				rt.writeEarly(w, newID, lean, http.StatusBadRequest, bodyBadBody)
+			// Before the route's deadline starts: the replay is read
+			// first, bounded by the body-read timeout alone.
+			body := watchBody(w, r, rt.bodyTimeoutFor(r), time.Time{})
+			if _, err := io.ReadFull(body, p.replay); err != nil {
+				f, _ := body.fault()
+				rec.fail(f.kind.label())
+				rt.writeEarly(w, newID, lean, f.status, f.body)
 				return
 			}
 		}
@@ -354,6 +371,12 @@ func (rt *Route) serve(w http.ResponseWriter, r *http.Request, newID string) {
 		defer cancel()
 		r = r.WithContext(ctx)
 	}
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		until, _ := r.Context().Deadline()
+		x.body = watchBody(w, r, rt.bodyTimeoutFor(r), until)
+		x.body.closeThrough = true
+		r.Body = x.body
+	}
 	rt.rp.ServeHTTP(x, r)
 }
 
@@ -407,6 +430,15 @@ func (rt *Route) finish(x *exchange, t *upstream.Target) {
 	exchanges.Put(x)
 }
 
+// bodyTimeoutFor is the wait allowed between two reads of r's body: none
+// for a long-lived stream, whose client may rightly pause.
+func (rt *Route) bodyTimeoutFor(r *http.Request) time.Duration {
+	if longLived(r) {
+		return 0
+	}
+	return rt.bodyTimeout
+}
+
 // longLived reports whether r opens a stream the route timeout must not
 // cut.
 func longLived(r *http.Request) bool {
@@ -435,8 +467,9 @@ type exchange struct {
 	latency time.Duration
 	status  int
 	err     error
-	try     try    // its breaker, if any, is recorded with the first final status
-	rec     *meter // the access log's, or nil
+	try     try         // its breaker, if any, is recorded with the first final status
+	rec     *meter      // the access log's, or nil
+	body    *clientBody // the client's request body; nil: none
 	// failed is set when no response could be relayed; failure says why.
 	failed  bool
 	failure failKind
@@ -610,7 +643,11 @@ func (rt *Route) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	if ok {
 		ids = x.ids
 	}
-	f := classify(r, err)
+	var body *clientBody
+	if ok {
+		body = x.body
+	}
+	f := classify(r, err, body)
 	if ok {
 		x.latency = time.Since(x.start)
 		// Before writing: the answer's status is the gateway's, not the
@@ -634,7 +671,7 @@ func (rt *Route) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 // level when it was the client's doing).
 func (rt *Route) writeFailure(w http.ResponseWriter, r *http.Request, f failure, err error, ids []string) {
 	level := slog.LevelWarn
-	if f.kind == failCanceled || f.kind == failTooLarge {
+	if f.clients() {
 		level = slog.LevelDebug
 	}
 	rt.log.LogAttrs(r.Context(), level, "upstream error",

@@ -19,6 +19,8 @@ const (
 	DefaultIdleTimeout       = 120 * time.Second
 	DefaultMaxHeaderBytes    = 64 << 10
 	DefaultDrainTimeout      = 30 * time.Second
+	// DefaultSendTimeout is the --send-timeout default, nginx's send_timeout.
+	DefaultSendTimeout = 60 * time.Second
 )
 
 // Config is the traffic server's settings. Zero durations mean no limit,

@@ -622,7 +622,10 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		}
 	}
 	wg.Add(4)
-	go serve(conns.Listener(ln), traffic.Serve)
+	// The framing check reads plaintext, so only the plain listener has
+	// it; both bound writes to clients that stop reading.
+	guard := server.GuardConfig{Framing: true, SendTimeout: o.sendTimeout, Reject: m.Connections().Malformed}
+	go serve(conns.Listener(server.GuardListener(ln, guard)), traffic.Serve)
 	go serve(adminLn, adminSrv.Serve)
 	// Enrolment may wait for a control plane; traffic is served from the
 	// cache meanwhile, and the stream opens once there are credentials.
@@ -644,7 +647,8 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		"accessLog", o.accessLog, "accessLogSample", o.accessSample}
 	if tlsLn != nil {
 		wg.Add(1)
-		go serve(conns.Listener(tlsLn), func(l net.Listener) error { return traffic.ServeTLS(l, "", "") })
+		guard.Framing = false
+		go serve(conns.Listener(server.GuardListener(tlsLn, guard)), func(l net.Listener) error { return traffic.ServeTLS(l, "", "") })
 		fmt.Fprintf(stdout, "dataplane TLS listening on %s\n", tlsLn.Addr())
 		attrs = append(attrs, "tlsListen", tlsLn.Addr().String(), "certificates", len(certs))
 	}

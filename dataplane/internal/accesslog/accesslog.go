@@ -60,7 +60,8 @@ type Record struct {
 	UpstreamDuration time.Duration // the last attempt's time to its response header (or failure)
 	// Error says why the gateway answered instead of an upstream, or why
 	// the exchange broke: connect_failure, reset, timeout, canceled,
-	// protocol_error, body_too_large, bad_request_body, no_healthy_target,
+	// protocol_error, body_too_large, bad_request_body,
+	// request_body_timeout, no_healthy_target,
 	// breaker_open, breaker_half_open, response_aborted, no_route,
 	// method_not_allowed, invalid_path, no_configuration. "" otherwise.
 	Error string

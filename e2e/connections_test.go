@@ -90,6 +90,16 @@ func TestMaxConnections(t *testing.T) {
 // (name and labels exactly as exposed); it fails t when there is none.
 func scrapeValue(t *testing.T, url, series string) float64 {
 	t.Helper()
+	v, ok := seriesValue(t, scrape(t, url), series)
+	if !ok {
+		t.Fatalf("%s not in %s", series, url)
+	}
+	return v
+}
+
+// scrape returns the exposition text url serves.
+func scrape(t *testing.T, url string) string {
+	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
 		t.Fatal(err)
@@ -99,15 +109,21 @@ func scrapeValue(t *testing.T, url, series string) float64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(body), "\n") {
+	return string(body)
+}
+
+// seriesValue finds the sample series (name and labels exactly as
+// exposed) in an exposition text.
+func seriesValue(t *testing.T, text, series string) (float64, bool) {
+	t.Helper()
+	for _, line := range strings.Split(text, "\n") {
 		if v, ok := strings.CutPrefix(line, series+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
 				t.Fatalf("%s: %v", line, err)
 			}
-			return f
+			return f, true
 		}
 	}
-	t.Fatalf("%s not in %s", series, url)
-	return 0
+	return 0, false
 }

@@ -30,28 +30,15 @@ type countedUpstream struct {
 
 func serveCounted(t *testing.T, h http.Handler) *countedUpstream {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &countedUpstream{addr: ln.Addr().String()}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ConnState: func(_ net.Conn, s http.ConnState) {
+	u := &countedUpstream{}
+	u.addr = serveServer(t, &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ConnState: func(_ net.Conn, s http.ConnState) {
 		switch s {
 		case http.StateNew:
 			u.open.Add(1)
 		case http.StateClosed, http.StateHijacked:
 			u.open.Add(-1)
 		}
-	}}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		srv.Close()
-		<-done
-	})
+	}})
 	return u
 }
 

@@ -33,15 +33,22 @@ import (
 // serve runs handler on a loopback listener for the test's lifetime.
 func serve(t *testing.T, handler http.Handler) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
 	srv.Protocols = &protocols
+	return serveServer(t, srv)
+}
+
+// serveServer runs srv on a loopback listener for the test's lifetime
+// and returns its address.
+func serveServer(t *testing.T, srv *http.Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -35,6 +35,31 @@ type Document struct {
 	// fields maps a field path ("spec.match.paths[1].template") to where
 	// its value starts.
 	fields map[string]Position
+	// failed holds the paths of the fields that did not decode, when the
+	// document is only partly decoded.
+	failed []string
+}
+
+// shadows reports whether a validation error at path is likely a
+// consequence of a field that did not decode: the same field, one inside
+// it, or one that holds it (other than the whole resource).
+func (d *Document) shadows(path string) bool {
+	for _, f := range d.failed {
+		if path == f || within(path, f) || (path != "" && within(f, path)) {
+			return true
+		}
+	}
+	return false
+}
+
+// within reports whether path is a field inside parent: "a.b[1]" and
+// "a.b.c" are within "a.b".
+func within(path, parent string) bool {
+	if parent == "" {
+		return path != ""
+	}
+	rest, ok := strings.CutPrefix(path, parent)
+	return ok && rest != "" && (rest[0] == '.' || rest[0] == '[')
 }
 
 // Position returns where the field at path (or, failing that, its nearest
@@ -60,7 +85,9 @@ func parentPath(p string) string {
 
 // Decode parses one YAML stream of one or more documents. file is only used
 // in error positions. On any problem it returns an ErrorList naming file,
-// line, document and field path, and no documents.
+// line, document and field path, together with the documents that decoded,
+// some perhaps only in part: they are good for nothing but
+// ValidateDocuments, which finds the rest of the problems in one run.
 func Decode(file string, data []byte) ([]*Document, error) {
 	if len(data) > maxDocumentBytes {
 		return nil, ErrorList{{Pos: Position{File: file, Line: 1}, Msg: fmt.Sprintf("input is %d bytes, more than the %d allowed", len(data), maxDocumentBytes)}}
@@ -77,40 +104,119 @@ func Decode(file string, data []byte) ([]*Document, error) {
 			break
 		}
 		if err != nil {
-			errs = append(errs, syntaxError(file, n, err))
+			errs = append(errs, syntaxError(file, data, n, err))
 			break // the parser cannot resynchronise after a syntax error
 		}
 		d := &decoder{file: file, doc: n, fields: map[string]Position{}}
-		res, ok := d.document(&root)
+		res := d.document(&root)
 		errs = append(errs, d.errs...)
-		if ok && res != nil {
-			docs = append(docs, &Document{Resource: res, Pos: d.pos(&root), fields: d.fields})
+		if res != nil {
+			docs = append(docs, &Document{Resource: res, Pos: d.pos(&root), fields: d.fields, failed: d.failedPaths()})
 		}
 	}
-	if len(errs) > 0 {
-		return nil, errs
+	return docs, errs.Err()
+}
+
+// failedPaths lists the field paths of the document's errors.
+func (d *decoder) failedPaths() []string {
+	paths := make([]string, len(d.errs))
+	for i, e := range d.errs {
+		paths[i] = e.Path
 	}
-	return docs, nil
+	return paths
 }
 
 // yamlLine finds "line N" in the parser's message.
 var yamlLine = regexp.MustCompile(`line (\d+)`)
 
-func syntaxError(file string, doc int, err error) *FieldError {
+// maxFaultScanBytes bounds the re-reading faultLine does, so a huge
+// document with a syntax error costs little more than reading it.
+const maxFaultScanBytes = 8 << 20
+
+func syntaxError(file string, data []byte, doc int, err error) *FieldError {
+	reported, msg := yamlMessage(err)
+	pos := Position{File: file, Line: faultLine(data, reported, msg), Doc: doc}
+	return &FieldError{Pos: pos, Msg: "invalid YAML: " + msg}
+}
+
+// yamlMessage splits the parser's error into the line it names (0 when
+// none) and the message without it.
+func yamlMessage(err error) (int, string) {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	line := 1
-	if m := yamlLine.FindStringSubmatch(msg); m != nil {
-		if l, convErr := strconv.Atoi(m[1]); convErr == nil && l > 0 {
-			line = l
-		}
-		msg = strings.TrimSpace(strings.Replace(msg, m[0]+":", "", 1))
+	m := yamlLine.FindStringSubmatch(msg)
+	if m == nil {
+		return 0, msg
 	}
-	return &FieldError{Pos: Position{File: file, Line: line, Doc: doc}, Msg: "invalid YAML: " + msg}
+	line, _ := strconv.Atoi(m[1])
+	return line, strings.TrimSpace(strings.Replace(msg, m[0]+":", "", 1))
+}
+
+// faultLine finds the line of a syntax error. The parser names the line
+// where the construct around the fault began, and for parser (not
+// scanner) errors the line before that: in a later document often its
+// "---". So the document is read again from there one more line at a time,
+// and the fault is on the last line of the first prefix that fails with
+// the same message. It falls back to the parser's line.
+func faultLine(data []byte, reported int, msg string) int {
+	starts := lineStarts(data)
+	lines := len(starts) - 1
+	first := documentStart(data, starts, min(reported, lines-1))
+	budget := maxFaultScanBytes
+	for end := max(first+1, reported); end <= lines; end++ {
+		chunk := data[starts[first]:starts[end]]
+		if budget -= len(chunk); budget < 0 {
+			break
+		}
+		if m, failed := firstSyntaxError(chunk); failed && m == msg {
+			return end
+		}
+	}
+	return max(reported, 1)
+}
+
+// lineStarts returns the offset of each line of data and, last, len(data).
+func lineStarts(data []byte) []int {
+	starts := []int{0}
+	for i, b := range data {
+		if b == '\n' && i+1 < len(data) {
+			starts = append(starts, i+1)
+		}
+	}
+	return append(starts, len(data))
+}
+
+// documentStart returns the 0-based line of the "---" that begins the
+// document holding line (0-based), or 0.
+func documentStart(data []byte, starts []int, line int) int {
+	for i := line; i > 0; i-- {
+		l := data[starts[i]:starts[i+1]]
+		if rest, ok := bytes.CutPrefix(l, []byte("---")); ok && (len(rest) == 0 || rest[0] == ' ' || rest[0] == '\t' || rest[0] == '\n' || rest[0] == '\r') {
+			return i
+		}
+	}
+	return 0
+}
+
+// firstSyntaxError reads every document of data and returns the message
+// of the first syntax error.
+func firstSyntaxError(data []byte) (string, bool) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var n yaml.Node
+		err := dec.Decode(&n)
+		if errors.Is(err, io.EOF) {
+			return "", false
+		}
+		if err != nil {
+			_, msg := yamlMessage(err)
+			return msg, true
+		}
+	}
 }
 
 // Load decodes every path: a file, a directory (its *.yaml and *.yml files,
 // recursively, in lexical order) or "-" for standard input. Problems from
-// all files are reported together.
+// all files are reported together, with the documents, as Decode does.
 func Load(paths ...string) ([]*Document, error) {
 	return load(os.Stdin, paths)
 }
@@ -143,15 +249,11 @@ func load(stdin io.Reader, paths []string) ([]*Document, error) {
 			var list ErrorList
 			if errors.As(err, &list) {
 				errs = append(errs, list...)
-				continue
 			}
 			docs = append(docs, d...)
 		}
 	}
-	if len(errs) > 0 {
-		return nil, errs
-	}
-	return docs, nil
+	return docs, errs.Err()
 }
 
 // expand turns a path into the files it stands for.
@@ -206,22 +308,22 @@ func (d *decoder) fail(n *yaml.Node, path, format string, args ...any) {
 }
 
 // document decodes the top level: apiVersion, kind, metadata, spec. It
-// returns ok=false when the document had errors, and a nil resource for an
-// empty document.
-func (d *decoder) document(root *yaml.Node) (*meridianv1.Resource, bool) {
+// returns nil for an empty document and for one whose kind is unknown; a
+// document with errors in d.errs may be decoded only in part.
+func (d *decoder) document(root *yaml.Node) *meridianv1.Resource {
 	n := root
 	if n.Kind == yaml.DocumentNode {
 		if len(n.Content) == 0 {
-			return nil, true
+			return nil
 		}
 		n = n.Content[0]
 	}
 	if isNull(n) {
-		return nil, true
+		return nil
 	}
 	if n.Kind != yaml.MappingNode {
 		d.fail(n, "", "a resource must be a mapping with apiVersion, kind, metadata and spec, got %s", describe(n))
-		return nil, false
+		return nil
 	}
 	d.identify(n)
 	top := map[string]*yaml.Node{}
@@ -248,12 +350,12 @@ func (d *decoder) document(root *yaml.Node) (*meridianv1.Resource, bool) {
 	}
 	if kn == nil {
 		d.fail(n, "kind", "required (want one of %s)", strings.Join(Kinds(), ", "))
-		return nil, false
+		return nil
 	}
 	res, msg := newResource(kn.Value)
 	if res == nil {
 		d.fail(kn, "kind", "unknown kind %q (want one of %s)", kn.Value, strings.Join(Kinds(), ", "))
-		return nil, false
+		return nil
 	}
 	m := msg.ProtoReflect()
 	fds := m.Descriptor().Fields()
@@ -267,7 +369,7 @@ func (d *decoder) document(root *yaml.Node) (*meridianv1.Resource, bool) {
 		fd := fds.ByName(protoreflect.Name(key))
 		d.message(v, m.Mutable(fd).Message(), key)
 	}
-	return res, len(d.errs) == 0
+	return res
 }
 
 // identify reads kind and metadata.name ahead of decoding, so that every

@@ -73,13 +73,31 @@ func FieldErrorFromProto(c *meridianv1.ConfigError) *FieldError {
 // any problem is rejected whole.
 type ErrorList []*FieldError
 
-// Error lists one problem per line.
+// MaxReported is how many problems an ErrorList spells out; the rest are
+// counted in one last line, so a broken directory does not bury the first
+// problems (or overflow a gRPC status).
+const MaxReported = 50
+
+// Error lists one problem per line, at most MaxReported of them.
 func (l ErrorList) Error() string {
-	lines := make([]string, len(l))
-	for i, e := range l {
+	return strings.Join(l.Lines(MaxReported), "\n")
+}
+
+// Lines renders at most max problems, one per line, and then "and N more
+// problems" when there are more.
+func (l ErrorList) Lines(max int) []string {
+	n := min(len(l), max)
+	lines := make([]string, n, n+1)
+	for i, e := range l[:n] {
 		lines[i] = e.Error()
 	}
-	return strings.Join(lines, "\n")
+	switch rest := len(l) - n; {
+	case rest == 1:
+		lines = append(lines, "and 1 more problem")
+	case rest > 1:
+		lines = append(lines, fmt.Sprintf("and %d more problems", rest))
+	}
+	return lines
 }
 
 // Err returns nil for an empty list, so callers can `return list.Err()`.

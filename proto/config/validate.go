@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
@@ -40,11 +41,29 @@ const (
 // it; validation compares a set timeout with it.
 const DefaultHealthCheckInterval = 5 * time.Second
 
+// Options says what is being validated.
+type Options struct {
+	// Partial means the resources are part of a configuration whose other
+	// resources are checked elsewhere (gatewayctl before an apply: the
+	// control plane checks the merged configuration), so a reference to
+	// a resource that is not given is left unchecked.
+	Partial bool
+	// Where says where a referenced resource was looked for, appended to
+	// "does not exist": "in this apply or the stored configuration
+	// (version 12)".
+	Where string
+}
+
 // Validate checks a whole configuration: every resource's fields, unique
 // names per kind, references between resources, and routes that would
 // match the same requests. It returns an ErrorList, or nil.
 func Validate(rs []*meridianv1.Resource) error {
-	v := validate(rs)
+	return ValidateWith(rs, Options{})
+}
+
+// ValidateWith is Validate with options.
+func ValidateWith(rs []*meridianv1.Resource, opts Options) error {
+	v := validate(rs, opts)
 	list := make(ErrorList, len(v.errs))
 	for i, e := range v.errs {
 		list[i] = e.err
@@ -52,18 +71,41 @@ func Validate(rs []*meridianv1.Resource) error {
 	return list.Err()
 }
 
-// ValidateDocuments is Validate with each error placed at the file and line
-// of the field it names.
+// ValidateDocuments is Validate with each error placed at the file and
+// line of the field it names.
 func ValidateDocuments(docs []*Document) error {
-	v := validate(Resources(docs))
-	list := make(ErrorList, len(v.errs))
-	for i, e := range v.errs {
-		list[i] = e.err
+	return validateDocuments(docs, Options{}).Err()
+}
+
+// validateDocuments places each error at the file and line of the field it
+// names. A document that did not decode cleanly is validated too, so every
+// problem shows in one run, but errors on the fields that failed to decode
+// (or inside or around them) are left out: the decode error names them.
+func validateDocuments(docs []*Document, opts Options) ErrorList {
+	v := validate(Resources(docs), opts)
+	var list ErrorList
+	for _, e := range v.errs {
 		if e.index >= 0 && e.index < len(docs) {
-			list[i].Pos = docs[e.index].Position(e.err.Path)
+			d := docs[e.index]
+			if d.shadows(e.err.Path) {
+				continue
+			}
+			e.err.Pos = d.Position(e.err.Path)
 		}
+		list = append(list, e.err)
 	}
-	return list.Err()
+	return list
+}
+
+// Check returns every problem of a set of files in one list: decodeErrs
+// (from Decode or Load) and what ValidateDocuments finds in docs, ordered
+// by file name and line.
+func Check(docs []*Document, decodeErrs ErrorList, opts Options) ErrorList {
+	all := append(slices.Clone(decodeErrs), validateDocuments(docs, opts)...)
+	slices.SortStableFunc(all, func(a, b *FieldError) int {
+		return cmp.Or(cmp.Compare(a.Pos.File, b.Pos.File), cmp.Compare(a.Pos.Line, b.Pos.Line))
+	})
+	return all
 }
 
 type indexedError struct {
@@ -74,6 +116,7 @@ type indexedError struct {
 // validator collects every problem rather than stopping at the first, so an
 // operator fixes a file in one pass.
 type validator struct {
+	opts  Options
 	all   []*meridianv1.Resource
 	names map[string]int // Key → index of first definition
 	errs  []indexedError
@@ -83,8 +126,8 @@ type validator struct {
 	kind, name string
 }
 
-func validate(rs []*meridianv1.Resource) *validator {
-	v := &validator{all: rs, names: map[string]int{}}
+func validate(rs []*meridianv1.Resource, opts Options) *validator {
+	v := &validator{opts: opts, all: rs, names: map[string]int{}}
 	for i, r := range rs {
 		v.index, v.kind, v.name = i, Kind(r), Name(r)
 		if v.kind == "" {
@@ -126,9 +169,14 @@ func (v *validator) ref(path, kind, name string) {
 	if name == "" {
 		return
 	}
-	if _, ok := v.names[kind+"/"+name]; !ok {
-		v.errf(path, "%s %q does not exist", kind, name)
+	if _, ok := v.names[kind+"/"+name]; ok || v.opts.Partial {
+		return
 	}
+	if v.opts.Where != "" {
+		v.errf(path, "%s %q does not exist %s", kind, name, v.opts.Where)
+		return
+	}
+	v.errf(path, "%s %q does not exist", kind, name)
 }
 
 var namePattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$`)

@@ -111,7 +111,10 @@ func (s *Server) Apply(ctx context.Context, req *meridianv1.ApplyRequest) (*meri
 	for _, c := range changes {
 		c.Diff = ""
 	}
-	if !req.GetDryRun() {
+	switch {
+	case req.GetDryRun() && countChanged(changes) > 0:
+		version++ // the version the change would get, applied now
+	case !req.GetDryRun():
 		s.log.Info("configuration applied", "version", version, "author", who, "changes", countChanged(changes))
 	}
 	return &meridianv1.ApplyResponse{Version: version, Changes: changes, DryRun: req.GetDryRun()}, nil
@@ -230,6 +233,10 @@ func countChanged(cs []*meridianv1.Change) int {
 	return n
 }
 
+// maxErrorDetails bounds the ConfigError details of one status, which
+// travel in a trailer; gatewayctl shows config.MaxReported of them.
+const maxErrorDetails = 1000
+
 // toStatus maps store errors to gRPC codes. Configuration problems keep
 // the ErrorList text (one problem per line) as the message and carry each
 // problem as a meridianv1.ConfigError detail.
@@ -238,8 +245,8 @@ func toStatus(err error) error {
 	switch {
 	case errors.As(err, &list):
 		st := status.New(codes.InvalidArgument, list.Error())
-		details := make([]protoadapt.MessageV1, 0, len(list))
-		for _, fe := range list {
+		details := make([]protoadapt.MessageV1, 0, min(len(list), maxErrorDetails))
+		for _, fe := range list[:min(len(list), maxErrorDetails)] {
 			details = append(details, protoadapt.MessageV1Of(fe.Proto()))
 		}
 		if withDetails, derr := st.WithDetails(details...); derr == nil {

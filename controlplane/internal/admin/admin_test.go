@@ -217,7 +217,7 @@ func TestAdminOverStore(t *testing.T) {
 
 	// Dry run: summary, nothing written.
 	dry, err := client.Apply(ctx, &meridianv1.ApplyRequest{Resources: []*meridianv1.Resource{configtest.Upstream("u", "127.0.0.1:1")}, DryRun: true})
-	if err != nil || !dry.GetDryRun() || dry.GetVersion() != 0 || len(dry.GetChanges()) != 1 {
+	if err != nil || !dry.GetDryRun() || dry.GetVersion() != 1 || len(dry.GetChanges()) != 1 { // the version it would create
 		t.Fatalf("dry run = %v, %v", dry, err)
 	}
 	if list, err := client.List(ctx, &meridianv1.ListRequest{}); err != nil || len(list.GetResources()) != 0 {

@@ -66,8 +66,15 @@ func (s *Store) Apply(ctx context.Context, in ApplyInput) (uint64, []*meridianv1
 		}
 		return out, nil
 	}
+	where := func(st *state) string {
+		if in.Prune {
+			return "in this apply (with prune it is the whole configuration)"
+		}
+		return fmt.Sprintf("in this apply or the stored configuration (version %d)", st.version)
+	}
 	version, changes, err := s.mutate(ctx, mutation{
 		desired:         desired,
+		where:           where,
 		message:         in.Message,
 		author:          in.Author,
 		expectedVersion: in.ExpectedVersion,
@@ -105,6 +112,7 @@ func (s *Store) Delete(ctx context.Context, kind, name, message, author string, 
 			}
 			return out, nil
 		},
+		where:           func(*state) string { return "after this delete" },
 		message:         message,
 		author:          author,
 		expectedVersion: expectedVersion,
@@ -137,6 +145,7 @@ func (s *Store) Rollback(ctx context.Context, target uint64, message, author str
 		desired: func(context.Context, *state) ([]*meridianv1.Resource, error) {
 			return rec.GetResources(), nil
 		},
+		where:   func(*state) string { return fmt.Sprintf("in version %d", restored) },
 		message: cmp.Or(message, fmt.Sprintf("rollback to version %d", restored)),
 		author:  author,
 	})
@@ -171,7 +180,10 @@ func (s *Store) recorded(ctx context.Context, st *state) (map[string]*meridianv1
 // mutation describes one write: how to compute the whole desired
 // configuration from the current state.
 type mutation struct {
-	desired         func(ctx context.Context, st *state) ([]*meridianv1.Resource, error)
+	desired func(ctx context.Context, st *state) ([]*meridianv1.Resource, error)
+	// where says where a referenced resource was looked for, for the
+	// "does not exist" error.
+	where           func(st *state) string
 	message, author string
 	expectedVersion uint64
 	dryRun          bool
@@ -190,7 +202,7 @@ func (s *Store) mutate(ctx context.Context, m mutation) (uint64, []*meridianv1.C
 		if err != nil {
 			return st.version, nil, err
 		}
-		if err := config.Validate(desired); err != nil {
+		if err := config.ValidateWith(desired, config.Options{Where: m.where(st)}); err != nil {
 			return st.version, nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
 		plan := planChanges(st, desired)

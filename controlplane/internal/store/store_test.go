@@ -313,6 +313,23 @@ func TestDryRunWritesNothing(t *testing.T) {
 	}
 }
 
+// TestPartialApply: a Route applied alone may name an Upstream that is only
+// stored; the references are checked against the stored configuration
+// merged with the apply.
+func TestPartialApply(t *testing.T) {
+	e := newEnv(t)
+	mustApply(t, e.store, ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("demo", "127.0.0.1:1")}})
+	v, changes, err := e.store.Apply(testCtx(t), ApplyInput{Resources: []*meridianv1.Resource{configtest.Route("x", "demo", "/x")}})
+	if err != nil || v != 2 {
+		t.Fatalf("apply a route naming a stored upstream = %d, %v; want version 2", v, err)
+	}
+	sameChanges(t, changes, change{create, "Route/x"})
+	cfg, _ := listEnv(t, e)
+	if len(cfg) != 2 {
+		t.Errorf("stored %d resources, want the upstream and the route", len(cfg))
+	}
+}
+
 func TestInvalidConfigRejectedWhole(t *testing.T) {
 	base := []*meridianv1.Resource{configtest.Upstream("users", "127.0.0.1:1"), configtest.Route("r", "users", "/")}
 	tests := []struct {
@@ -326,7 +343,7 @@ func TestInvalidConfigRejectedWhole(t *testing.T) {
 				_, _, err := s.Apply(testCtx(t), ApplyInput{Resources: []*meridianv1.Resource{configtest.Upstream("ok", "127.0.0.1:2"), configtest.Route("bad", "missing", "/bad")}})
 				return err
 			},
-			inList: `"missing" does not exist`,
+			inList: `Upstream "missing" does not exist in this apply or the stored configuration (version 1)`,
 		},
 		{
 			name: "duplicate in one apply",
@@ -350,7 +367,7 @@ func TestInvalidConfigRejectedWhole(t *testing.T) {
 				_, _, err := s.Apply(testCtx(t), ApplyInput{Resources: []*meridianv1.Resource{configtest.Route("r", "users", "/")}, Prune: true})
 				return err
 			},
-			inList: `"users" does not exist`,
+			inList: `Upstream "users" does not exist in this apply (with prune it is the whole configuration)`,
 		},
 		{
 			name: "delete a referenced upstream",
@@ -358,7 +375,7 @@ func TestInvalidConfigRejectedWhole(t *testing.T) {
 				_, err := s.Delete(testCtx(t), "Upstream", "users", "", "", 0)
 				return err
 			},
-			inList: `"users" does not exist`,
+			inList: `Upstream "users" does not exist after this delete`,
 		},
 	}
 	e := newEnv(t)

@@ -36,12 +36,12 @@ func NewApplyCommand(o *Options) *cobra.Command {
 			"  cat gateway.yaml | gatewayctl apply -f - --dry-run",
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			resources, err := o.loadResources(files)
+			docs, err := o.loadResources(files, prune)
 			if err != nil {
 				return err
 			}
 			req := &meridianv1.ApplyRequest{
-				Resources:       resources,
+				Resources:       config.Resources(docs),
 				DryRun:          dryRun,
 				Prune:           prune,
 				Message:         message,
@@ -59,7 +59,7 @@ func NewApplyCommand(o *Options) *cobra.Command {
 			defer cancel()
 			resp, err := client.Apply(ctx, req)
 			if err != nil {
-				return err
+				return placeErrors(err, docs)
 			}
 			return o.printer().Print(resp, func(w io.Writer) error {
 				return writeOutcome(w, resp.GetChanges(), versionLine(resp.GetVersion(), resp.GetChanges(), resp.GetDryRun()))
@@ -80,8 +80,10 @@ func addFilenameFlag(c *cobra.Command, files *[]string) {
 }
 
 // loadResources decodes and validates the -f paths. Every problem in every
-// file comes back together, and nothing is sent when there is one.
-func (o *Options) loadResources(paths []string) ([]*meridianv1.Resource, error) {
+// file comes back together, and nothing is sent when there is one. Without
+// prune the files may name resources that are only stored: the control
+// plane checks those references against the configuration they merge into.
+func (o *Options) loadResources(paths []string, prune bool) ([]*config.Document, error) {
 	if len(paths) == 0 {
 		return nil, usageErrorf("no input: pass -f FILE, -f DIR or -f - for standard input")
 	}
@@ -119,16 +121,38 @@ func (o *Options) loadResources(paths []string) ([]*meridianv1.Resource, error) 
 		}
 		docs = append(docs, ds...)
 	}
-	if err := problems.Err(); err != nil {
+	opts := config.Options{Partial: !prune, Where: "in the files (with --prune they are the whole configuration)"}
+	if err := config.Check(docs, problems, opts).Err(); err != nil {
 		return nil, err
 	}
 	if len(docs) == 0 {
 		return nil, fmt.Errorf("no resources in %s", strings.Join(paths, ", "))
 	}
-	if err := config.ValidateDocuments(docs); err != nil {
-		return nil, err
+	return docs, nil
+}
+
+// placeErrors gives each configuration problem the control plane found
+// the file and line of the field it names, when its resource came from
+// docs; problems of stored resources have no position.
+func placeErrors(err error, docs []*config.Document) error {
+	st, ok := grpcStatus(err)
+	if !ok {
+		return err
 	}
-	return config.Resources(docs), nil
+	list := configErrors(st)
+	if len(list) == 0 {
+		return err
+	}
+	byKey := make(map[string]*config.Document, len(docs))
+	for _, d := range docs {
+		byKey[config.Key(d.Resource)] = d
+	}
+	for _, fe := range list {
+		if d, ok := byKey[fe.Kind+"/"+fe.Name]; ok {
+			fe.Pos = d.Position(fe.Path)
+		}
+	}
+	return list
 }
 
 // checkApplySize refuses, before anything is sent, a request larger than

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
 
@@ -23,11 +24,11 @@ func NewDiffCommand(o *Options) *cobra.Command {
 			"  gatewayctl diff -f ./config/ --prune",
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			resources, err := o.loadResources(files)
+			docs, err := o.loadResources(files, prune)
 			if err != nil {
 				return err
 			}
-			req := &meridianv1.DiffRequest{Resources: resources, Prune: prune}
+			req := &meridianv1.DiffRequest{Resources: config.Resources(docs), Prune: prune}
 			if err := checkApplySize("diff request", req); err != nil {
 				return err
 			}
@@ -39,7 +40,7 @@ func NewDiffCommand(o *Options) *cobra.Command {
 			defer cancel()
 			resp, err := client.Diff(ctx, req)
 			if err != nil {
-				return err
+				return placeErrors(err, docs)
 			}
 			err = o.printer().Print(resp, func(w io.Writer) error {
 				return writeDiffs(w, resp.GetChanges())

@@ -47,11 +47,7 @@ func report(o *Options, c *cobra.Command, err error) int {
 func describe(err error, o *Options) []string {
 	var list config.ErrorList
 	if errors.As(err, &list) && len(list) > 0 {
-		lines := make([]string, len(list))
-		for i, e := range list {
-			lines[i] = e.Error()
-		}
-		return lines
+		return list.Lines(config.MaxReported)
 	}
 	st, ok := grpcStatus(err)
 	if !ok {
@@ -79,8 +75,8 @@ func describe(err error, o *Options) []string {
 	case codes.Unimplemented:
 		return []string{fmt.Sprintf("control plane at %s does not support this command (is it older than gatewayctl?): %s", server, msg)}
 	case codes.InvalidArgument, codes.FailedPrecondition:
-		if lines := configErrorDetails(st); len(lines) > 0 {
-			return lines
+		if list := configErrors(st); len(list) > 0 {
+			return list.Lines(config.MaxReported)
 		}
 		return strings.Split(msg, "\n")
 	case codes.NotFound, codes.AlreadyExists, codes.OutOfRange:
@@ -99,16 +95,16 @@ func grpcStatus(err error) (*status.Status, bool) {
 	return nil, false
 }
 
-// configErrorDetails renders ConfigError details, when the server sent
-// them, one per line.
-func configErrorDetails(st *status.Status) []string {
-	var lines []string
+// configErrors returns the ConfigError details of st, when the server
+// sent them.
+func configErrors(st *status.Status) config.ErrorList {
+	var list config.ErrorList
 	for _, d := range st.Details() {
 		if ce, ok := d.(*meridianv1.ConfigError); ok {
-			lines = append(lines, config.FieldErrorFromProto(ce).Error())
+			list = append(list, config.FieldErrorFromProto(ce))
 		}
 	}
-	return lines
+	return list
 }
 
 // transportCause shortens grpc-go's connection error, `connection error:

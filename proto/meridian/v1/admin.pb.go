@@ -304,7 +304,8 @@ func (x *ApplyRequest) GetExpectedVersion() uint64 {
 // ApplyResponse is the change summary and the resulting version.
 type ApplyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The new version, or the current one when nothing changed or dry_run.
+	// The new version (with dry_run, the version the change would get if
+	// applied now), or the current one when nothing changed.
 	Version       uint64    `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	Changes       []*Change `protobuf:"bytes,2,rep,name=changes,proto3" json:"changes,omitempty"`
 	DryRun        bool      `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
@@ -418,9 +419,10 @@ func (x *DiffRequest) GetPrune() bool {
 
 // DiffResponse lists changes with their unified diffs.
 type DiffResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	Changes       []*Change              `protobuf:"bytes,2,rep,name=changes,proto3" json:"changes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The current version, which the changes are against.
+	Version       uint64    `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Changes       []*Change `protobuf:"bytes,2,rep,name=changes,proto3" json:"changes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
@@ -389,7 +391,7 @@ func fleet(t testing.TB, server string) (map[string]*meridianv1.DataplaneStatus,
 	t.Helper()
 	out := mustCtl(t, server, "", "-o", "json", "dataplanes")
 	var resp meridianv1.ListDataplanesResponse
-	if err := protojson.Unmarshal([]byte(out), &resp); err != nil {
+	if err := ctlJSON(out, &resp); err != nil {
 		t.Fatalf("dataplanes -o json: %v\n%s", err, out)
 	}
 	byID := map[string]*meridianv1.DataplaneStatus{}
@@ -397,6 +399,59 @@ func fleet(t testing.TB, server string) (map[string]*meridianv1.DataplaneStatus,
 		byID[d.GetNode().GetId()] = d
 	}
 	return byID, resp.GetCurrentVersion()
+}
+
+// ctlJSON reads gatewayctl's -o json output of an API message into m. The
+// output is protojson's but for enums, lower-case words without the
+// prefix ("synced" for DATAPLANE_STATE_SYNCED), and 64-bit integers, JSON
+// numbers (docs/gatewayctl.md); the words are turned back into names for
+// protojson, which reads the numbers as they are.
+func ctlJSON(out string, m proto.Message) error {
+	dec := json.NewDecoder(strings.NewReader(out))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return err
+	}
+	enumNames(m.ProtoReflect().Descriptor(), v)
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return protojson.Unmarshal(data, m)
+}
+
+// enumNames rewrites, in place, the enum words of v, the JSON of a message
+// of type md, as the value names protojson reads.
+func enumNames(md protoreflect.MessageDescriptor, v any) {
+	obj, ok := v.(map[string]any)
+	if !ok || md.FullName().Parent() == "google.protobuf" {
+		return
+	}
+	for key, val := range obj {
+		fd := md.Fields().ByJSONName(key)
+		if fd == nil || fd.IsMap() { // no map of the admin API holds enums or messages
+			continue
+		}
+		one := func(val any) any {
+			if ed := fd.Enum(); ed != nil {
+				if w, ok := val.(string); ok {
+					return strings.TrimSuffix(string(ed.Values().ByNumber(0).Name()), "UNSPECIFIED") + strings.ToUpper(w)
+				}
+			}
+			if fd.Message() != nil {
+				enumNames(fd.Message(), val)
+			}
+			return val
+		}
+		if list, ok := val.([]any); ok {
+			for i := range list {
+				list[i] = one(list[i])
+			}
+			continue
+		}
+		obj[key] = one(val)
+	}
 }
 
 // waitSynced waits until every id is SYNCED at version (0 = the current

@@ -12,6 +12,11 @@ import (
 	"github.com/meridian-gw/meridian/gatewayctl/internal/cmd"
 )
 
+// version is the build version, set with -ldflags "-X main.version=v1.2.3"
+// (make stamps git describe); empty, gatewayctl reports the module version
+// the Go toolchain recorded.
+var version string
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := cmd.Run(ctx, os.Args[1:], &cmd.Options{
@@ -21,6 +26,7 @@ func main() {
 		LookupEnv: os.LookupEnv,
 		Hostname:  os.Hostname,
 		Now:       time.Now,
+		Version:   version,
 	})
 	stop()
 	os.Exit(code)

@@ -43,6 +43,10 @@ import (
 	"github.com/meridian-gw/meridian/proto/tracing"
 )
 
+// version is the build version, set with -ldflags "-X main.version=v1.2.3"
+// (make stamps git describe).
+var version = "dev"
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
@@ -87,6 +91,9 @@ type options struct {
 	etcdKey            string
 	etcdUsername       string
 	etcdPassword       string
+
+	// version: print the version and exit.
+	version bool
 }
 
 // envName is the variable that sets a flag: --etcd-endpoints reads
@@ -131,6 +138,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	fs.StringVar(&o.etcdUsername, "etcd-username", "", "etcd user for an external etcd; the password is read from MERIDIAN_ETCD_PASSWORD")
 	fs.StringVar(&o.id, "id", defaultID(), "replica id shown in data-plane status")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "debug, info, warn or error")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: controlplane [flags]\n\nEvery flag can also be set with MERIDIAN_<FLAG> (for example %s); the flag wins.\n\n", envName("listen"))
 		fs.PrintDefaults()
@@ -141,11 +149,15 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*o
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	if o.version {
+		return o, nil // nothing else matters
+	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
-		if given[f.Name] {
+		// --version is an action, not a setting: MERIDIAN_VERSION is not read.
+		if given[f.Name] || f.Name == "version" {
 			return
 		}
 		if v := getenv(envName(f.Name)); v != "" {
@@ -178,6 +190,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		fmt.Fprintf(stderr, "controlplane: %v\n", err)
 		return exitUsage
+	}
+	if o.version {
+		fmt.Fprintln(stdout, version)
+		return exitOK
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: o.logLevel}))
 	// The sampler is OTEL_TRACES_SAMPLER's (parentbased_always_on by

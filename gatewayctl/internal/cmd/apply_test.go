@@ -188,7 +188,7 @@ func TestDiff(t *testing.T) {
 				change(meridianv1.ChangeAction_CHANGE_ACTION_CREATE, "Upstream", "users", "+x\n"),
 			}},
 			wantCode: 1,
-			want:     "{\n  \"version\": \"7\",\n  \"changes\": [\n    {\n      \"action\": \"CHANGE_ACTION_CREATE\",\n      \"kind\": \"Upstream\",\n      \"name\": \"users\",\n      \"diff\": \"+x\\n\"\n    }\n  ]\n}\n",
+			want:     "{\n  \"version\": 7,\n  \"changes\": [\n    {\n      \"action\": \"create\",\n      \"kind\": \"Upstream\",\n      \"name\": \"users\",\n      \"diff\": \"+x\\n\"\n    }\n  ]\n}\n",
 			wantReq:  &meridianv1.DiffRequest{Resources: validResources(t)},
 		},
 	}

@@ -11,7 +11,6 @@ import (
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -127,8 +126,9 @@ func TestExitCodes(t *testing.T) {
 		wantStderr []string // each must appear in stderr
 		wantCalls  int      // RPCs the fake must have received
 	}{
-		{name: "no command prints help", args: nil, wantCode: 0},
 		{name: "help", args: []string{"get", "--help"}, wantCode: 0},
+		{name: "root help", args: []string{"--help"}, wantCode: 0},
+		{name: "help command", args: []string{"help"}, wantCode: 0},
 		{name: "unknown command", args: []string{"frobnicate"}, wantCode: 2,
 			wantStderr: []string{`error: unknown command "frobnicate" for "gatewayctl"; see 'gatewayctl --help'`}},
 		{name: "misspelt command gets a suggestion", args: []string{"gett"}, wantCode: 2,
@@ -269,21 +269,39 @@ func TestControlCharactersReplaced(t *testing.T) {
 	// JSON and YAML stay exact: scripts get what the server sent.
 	for _, format := range []string{"json", "yaml"} {
 		res := run(t, nil, "", "--server", addr, "-o", format, "history")
-		var got meridianv1.HistoryResponse
+		type entry struct {
+			Author  string `json:"author" yaml:"author"`
+			Message string `json:"message" yaml:"message"`
+		}
+		var got struct {
+			Entries []entry `json:"entries" yaml:"entries"`
+		}
 		var err error
 		if format == "json" {
-			err = protojson.Unmarshal([]byte(res.stdout), &got)
+			err = json.Unmarshal([]byte(res.stdout), &got)
 		} else {
-			var m map[string]any
-			if err = yaml.Unmarshal([]byte(res.stdout), &m); err == nil {
-				var data []byte
-				if data, err = json.Marshal(m); err == nil {
-					err = protojson.Unmarshal(data, &got)
-				}
-			}
+			err = yaml.Unmarshal([]byte(res.stdout), &got)
 		}
-		if err != nil || !proto.Equal(&got, history) {
-			t.Errorf("-o %s: decoded %v (%v), want exactly %v", format, &got, err, history)
+		want := history.GetEntries()[0]
+		if err != nil || len(got.Entries) != 1 || got.Entries[0] != (entry{Author: want.GetAuthor(), Message: want.GetMessage()}) {
+			t.Errorf("-o %s: decoded %+v (%v), want exactly %q and %q", format, got, err, want.GetAuthor(), want.GetMessage())
+		}
+	}
+}
+
+func TestNoCommand(t *testing.T) {
+	res := run(t, nil, "")
+	if res.code != ExitUsage || res.stdout != "" {
+		t.Fatalf("exit code %d, stdout %q; want %d and nothing", res.code, res.stdout, ExitUsage)
+	}
+	if !strings.HasPrefix(res.stderr, "Usage:\n  gatewayctl [flags]\n") || !strings.Contains(res.stderr, "Available Commands:") ||
+		!strings.HasSuffix(res.stderr, "\nerror: no command given; see 'gatewayctl --help'\n") {
+		t.Errorf("stderr = %q, want the usage, then the error", res.stderr)
+	}
+	for _, args := range [][]string{{"--help"}, {"help"}} {
+		res := run(t, nil, "", args...)
+		if res.code != ExitOK || !strings.HasPrefix(res.stdout, "gatewayctl applies") || res.stderr != "" {
+			t.Errorf("gatewayctl %v: exit code %d, stdout %q, stderr %q; want 0 and the help on stdout", args, res.code, res.stdout, res.stderr)
 		}
 	}
 }
@@ -524,7 +542,7 @@ func TestMessageOutputFormats(t *testing.T) {
 		res := run(t, nil, "", "--server", addr, "-o", "json", "history")
 		var got struct {
 			Entries []struct {
-				Version string `json:"version"`
+				Version uint64 `json:"version"`
 				Author  string `json:"author"`
 				Time    string `json:"time"`
 				Changes []struct {
@@ -535,8 +553,9 @@ func TestMessageOutputFormats(t *testing.T) {
 		if err := json.Unmarshal([]byte(res.stdout), &got); err != nil {
 			t.Fatalf("stdout is not JSON: %v\n%s", err, res.stdout)
 		}
-		if len(got.Entries) != 2 || got.Entries[0].Version != "7" || got.Entries[0].Author != "alice@laptop" ||
-			got.Entries[0].Time != "2026-04-30T09:30:00Z" || got.Entries[0].Changes[0].Action != "CHANGE_ACTION_CREATE" {
+		if len(got.Entries) != 2 || got.Entries[0].Version != 7 || got.Entries[0].Author != "alice@laptop" ||
+			got.Entries[0].Time != "2026-04-30T09:30:00Z" || got.Entries[0].Changes[0].Action != "create" ||
+			got.Entries[0].Changes[1].Action != "update" {
 			t.Errorf("decoded %+v", got)
 		}
 		if !strings.Contains(res.stdout, "\n  \"entries\": [\n") {
@@ -557,13 +576,13 @@ func TestMessageOutputFormats(t *testing.T) {
 					} `yaml:"error"`
 				} `yaml:"lastNack"`
 			} `yaml:"dataplanes"`
-			CurrentVersion string `yaml:"currentVersion"`
+			CurrentVersion uint64 `yaml:"currentVersion"`
 		}
 		if err := yaml.Unmarshal([]byte(res.stdout), &got); err != nil {
 			t.Fatalf("stdout is not YAML: %v\n%s", err, res.stdout)
 		}
-		if len(got.Dataplanes) != 3 || got.Dataplanes[1].Node.ID != "dp-2" || got.Dataplanes[1].State != "DATAPLANE_STATE_NACKED" ||
-			got.Dataplanes[1].LastNack.Error.Field != "spec.match.paths[0].regex" || got.CurrentVersion != "7" {
+		if len(got.Dataplanes) != 3 || got.Dataplanes[1].Node.ID != "dp-2" || got.Dataplanes[1].State != "nacked" ||
+			got.Dataplanes[1].LastNack.Error.Field != "spec.match.paths[0].regex" || got.CurrentVersion != 7 {
 			t.Errorf("decoded %+v from\n%s", got, res.stdout)
 		}
 		if strings.Contains(res.stdout, "{\"") {
@@ -588,7 +607,7 @@ func TestVersion(t *testing.T) {
 	if res.code != 0 {
 		t.Fatalf("exit code = %d; stderr: %s", res.code, res.stderr)
 	}
-	want := regexp.MustCompile(`^client: gatewayctl \S+ \(go[^)]+\)\nserver: ` + regexp.QuoteMeta(addr) + ` reachable, configuration version 7\n$`)
+	want := regexp.MustCompile(`^client: gatewayctl ` + regexp.QuoteMeta(testVersion) + ` \(go[^)]+\)\nserver: ` + regexp.QuoteMeta(addr) + ` reachable, configuration version 7\n$`)
 	if !want.MatchString(res.stdout) {
 		t.Errorf("stdout = %q, want to match %s", res.stdout, want)
 	}

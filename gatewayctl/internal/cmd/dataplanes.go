@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -76,19 +77,13 @@ func dataplaneRow(d *meridianv1.DataplaneStatus, now time.Time) []string {
 	}
 }
 
-// stateWord is the STATE column.
+// stateWord is the STATE column: the word -o json prints, in capitals
+// (SYNCED for "synced"), or UNKNOWN.
 func stateWord(s meridianv1.DataplaneState) string {
-	switch s {
-	case meridianv1.DataplaneState_DATAPLANE_STATE_SYNCED:
-		return "SYNCED"
-	case meridianv1.DataplaneState_DATAPLANE_STATE_STALE:
-		return "STALE"
-	case meridianv1.DataplaneState_DATAPLANE_STATE_NACKED:
-		return "NACKED"
-	case meridianv1.DataplaneState_DATAPLANE_STATE_DISCONNECTED:
-		return "DISCONNECTED"
+	if s == meridianv1.DataplaneState_DATAPLANE_STATE_UNSPECIFIED || s.Descriptor().Values().ByNumber(s.Number()) == nil {
+		return "UNKNOWN"
 	}
-	return "UNKNOWN"
+	return strings.ToUpper(printer.EnumWord(s.Descriptor(), s.Number()))
 }
 
 // age rounds d the way kubectl's AGE column does: 42s, 5m, 3h, 2d.

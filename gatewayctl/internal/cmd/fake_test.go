@@ -205,6 +205,10 @@ type result struct {
 // testNow is the clock every run sees.
 func testNow() time.Time { return time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC) }
 
+// testVersion is the version every run was stamped with, as make stamps
+// git describe.
+const testVersion = "v0.9.0-12-g3f2c1ab"
+
 // run executes gatewayctl against a plaintext fake (see serve), as against
 // a control plane started with --insecure: it is runExact with
 // MERIDIAN_INSECURE=true added, unless env has that key.
@@ -232,6 +236,7 @@ func runExact(t *testing.T, env map[string]string, stdin string, args ...string)
 		},
 		Hostname: func() (string, error) { return "build-host", nil },
 		Now:      testNow,
+		Version:  testVersion,
 	}
 	code := Run(context.Background(), args, o)
 	return result{stdout: out.String(), stderr: errOut.String(), code: code}

@@ -44,6 +44,9 @@ type Options struct {
 	CA string
 	// Insecure dials plaintext, for a control plane started with --insecure.
 	Insecure bool
+	// Version is what `gatewayctl version` reports as the client's version;
+	// empty means the Go build information's.
+	Version string
 
 	In        io.Reader
 	Out       io.Writer
@@ -88,8 +91,14 @@ func NewRootCommand(o *Options) *cobra.Command {
 		// path, which unknownCommand replaces.
 		SuggestionsMinimumDistance: 2,
 		Args:                       unknownCommand,
+		// No command is a usage error: the usage goes to stderr, so a
+		// script that lost its command fails rather than printing help on
+		// stdout; --help and `gatewayctl help` print it on stdout, exit 0.
 		RunE: func(c *cobra.Command, _ []string) error {
-			return c.Help()
+			if _, err := io.WriteString(o.Err, c.UsageString()); err != nil {
+				return err
+			}
+			return usageErrorf("no command given")
 		},
 		PersistentPreRunE: func(c *cobra.Command, _ []string) error {
 			if err := bindEnv(c.Flags(), o.LookupEnv); err != nil {

@@ -35,7 +35,7 @@ func NewVersionCommand(o *Options) *cobra.Command {
 		Short: "Print gatewayctl's version and whether the control plane answers",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			info := versionInfo{Client: clientVersion{Version: buildVersion(), GoVersion: runtime.Version()}}
+			info := versionInfo{Client: clientVersion{Version: buildVersion(o.Version), GoVersion: runtime.Version()}}
 			client, err := o.admin()
 			if err != nil {
 				return err
@@ -66,9 +66,13 @@ func NewVersionCommand(o *Options) *cobra.Command {
 	}
 }
 
-// buildVersion is the main module's version as the Go toolchain stamped
-// it, so there is no version variable to set at link time.
-func buildVersion() string {
+// buildVersion is stamped, the version main was linked with (make sets
+// main.version to git describe), or else the main module's version as the
+// Go toolchain recorded it (go install ...@v1.2.3), or "(devel)".
+func buildVersion(stamped string) string {
+	if stamped != "" {
+		return stamped
+	}
 	bi, ok := debug.ReadBuildInfo()
 	if !ok || bi.Main.Version == "" {
 		return "(devel)"

@@ -11,7 +11,6 @@ import (
 	"text/tabwriter"
 
 	"go.yaml.in/yaml/v3"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meridian-gw/meridian/proto/config"
@@ -51,8 +50,9 @@ func New(w io.Writer, format Format) *Printer {
 // Format returns the printer's format.
 func (p *Printer) Format() Format { return p.format }
 
-// Print writes v as JSON or YAML. A proto.Message goes through protojson so
-// field names match the API; anything else goes through encoding/json. In
+// Print writes v as JSON or YAML. A proto.Message is rendered in the schema
+// of MarshalMessage (protojson's field names, enum words, numbers for
+// versions); anything else goes through encoding/json. In
 // the table format Print calls text instead, which writes the human form;
 // what text writes passes through Lines, so server-supplied text cannot
 // drive the terminal. JSON and YAML stay exact: they escape on their own.
@@ -156,11 +156,7 @@ func marshalJSON(v any) ([]byte, error) {
 		}
 		return data, nil
 	}
-	data, err := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(m)
-	if err != nil {
-		return nil, fmt.Errorf("render json: %w", err)
-	}
-	return data, nil
+	return MarshalMessage(m)
 }
 
 // writeJSON writes compact JSON data re-indented, or converted to YAML.

@@ -51,11 +51,11 @@ func TestPrint(t *testing.T) {
 		want   string
 	}{
 		{name: "table calls text", format: Table, v: msg, want: "human form\n"},
-		{name: "proto json", format: JSON, v: msg, want: "{\n  \"version\": \"8\"\n}\n"},
-		{name: "proto yaml", format: YAML, v: msg, want: "version: \"8\"\n"},
+		{name: "proto json", format: JSON, v: msg, want: "{\n  \"version\": 8\n}\n"},
+		{name: "proto yaml", format: YAML, v: msg, want: "version: 8\n"},
 		{name: "struct json", format: JSON, v: plain, want: "{\n  \"name\": \"x\",\n  \"n\": 3\n}\n"},
 		{name: "struct yaml", format: YAML, v: plain, want: "name: x\nn: 3\n"},
-		{name: "empty proto yaml", format: YAML, v: &meridianv1.ListDataplanesResponse{}, want: "dataplanes: []\ncurrentVersion: \"0\"\n"},
+		{name: "empty proto yaml", format: YAML, v: &meridianv1.ListDataplanesResponse{}, want: "dataplanes: []\ncurrentVersion: 0\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -273,7 +273,7 @@ func TestPrintEscapesOnlyTable(t *testing.T) {
 		want   string
 	}{
 		{format: Table, want: "line one\n\t" + `x\x1by\u009b` + "\n"},
-		{format: JSON, want: "{\n  \"entries\": [\n    {\n      \"version\": \"0\",\n      \"time\": null,\n      \"author\": \"\",\n" +
+		{format: JSON, want: "{\n  \"entries\": [\n    {\n      \"version\": 0,\n      \"time\": null,\n      \"author\": \"\",\n" +
 			"      \"message\": \"x\\u001by\u009b\",\n      \"changes\": [],\n      \"resourceCount\": 0,\n      \"hash\": \"\"\n    }\n  ]\n}\n"},
 	}
 	for _, tt := range tests {

@@ -153,12 +153,7 @@ func duration(d *durationpb.Duration) string {
 // enumWord is the YAML spelling of an enum value: its name without the
 // enum's prefix, lower-cased (SCHEME_H2C is "h2c").
 func enumWord(e protoreflect.Enum) string {
-	v := e.Descriptor().Values().ByNumber(e.Number())
-	if v == nil {
-		return strconv.Itoa(int(e.Number()))
-	}
-	prefix := upperSnake(string(e.Descriptor().Name())) + "_"
-	return strings.ToLower(strings.TrimPrefix(string(v.Name()), prefix))
+	return EnumWord(e.Descriptor(), e.Number())
 }
 
 // upperSnake turns "LoadBalancerPolicy" into "LOAD_BALANCER_POLICY".

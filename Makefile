@@ -7,7 +7,7 @@ PKGS := ./proto/... ./controlplane/... ./dataplane/... ./gatewayctl/... ./e2e/..
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test test-short lint generate check-generated run bench tools clean
+.PHONY: all build test test-short test-deps lint generate check-generated run bench tools clean
 
 all: build
 
@@ -17,12 +17,18 @@ build:
 
 # Unit, integration (embedded etcd) and e2e (real binaries) tests, with the
 # race detector.
-test:
+test: test-deps
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 
 # Everything but e2e, quicker while editing.
-test-short:
+test-short: test-deps
 	$(GO) test -race -count=1 -short $(PKGS)
+
+# What the tests need beyond Go (redis-server, promtool, a C compiler for
+# -race): silent when all is there, installs it as root, else names it and
+# exits 2. The list is in the script.
+test-deps:
+	@bash tools/test-deps.sh
 
 # Tools live in their own modules (tools/, tools/buf/) so their
 # dependencies never mix with the gateway's.
@@ -48,6 +54,8 @@ check-generated: generate
 		echo "generated code is out of date; run 'make generate' and commit:"; \
 		git status --porcelain -- proto; git diff --stat -- proto; exit 1; fi
 
+# make hands command-line variables (make run DP_FLAGS="--redis 127.0.0.1:6379",
+# CP_FLAGS=...) and the environment to the script; see its header.
 run: build
 	./deploy/local/run.sh
 

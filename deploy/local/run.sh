@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
 # Runs a whole Meridian on this machine, in the foreground: a control plane
-# with embedded etcd, one data plane, and two demo echo upstreams. It applies
-# examples/quickstart.yaml and prints what to try next. Ctrl-C stops it all.
+# with embedded etcd, one data plane, and two demo echo upstreams. On the
+# first start (an empty store) it applies examples/quickstart.yaml; after
+# that it keeps what is stored, so edits made with gatewayctl survive a
+# restart. It prints what to try next. Ctrl-C stops it all.
 #
 # Ports: control plane 7400 (gRPC), 7401 (health); etcd 2379/2380;
 # data plane 8080 (traffic), 9901 (admin); echo upstreams 9001, 9002.
-# State lives in .run/ (delete it to start from scratch).
+# State lives in .run/ (delete it to start from scratch, quickstart included).
+#
+# Extra flags, split on spaces (no quoting), are added after the script's own,
+# so they win where a flag is given twice:
+#   DP_FLAGS   for the data plane:    make run DP_FLAGS="--redis 127.0.0.1:6379"
+#   CP_FLAGS   for the control plane: make run CP_FLAGS="--audit-retention 1h"
+# The programs inherit this script's environment, so secrets a configuration
+# reads from it reach the data plane (JWT_SECRET=... make run), as do the
+# data plane's MERIDIAN_<FLAG> variables (MERIDIAN_LOG_LEVEL=debug make run).
+# make passes both command-line variables and the environment on to here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=bin
 RUN=.run
 mkdir -p "$RUN"
+read -r -a dp_flags <<<"${DP_FLAGS:-}"
+read -r -a cp_flags <<<"${CP_FLAGS:-}"
 
 pids=()
 stop_all() {
@@ -41,15 +54,28 @@ wait_for() {
 # admin token and a gatewayctl config in its data dir on first start; the
 # data plane enrols with a one-use join token (and keeps its certificate in
 # its cache dir, so a second run needs none).
-"$BIN/controlplane" --listen 127.0.0.1:7400 --data-dir "$RUN/controlplane" >"$RUN/controlplane.log" 2>&1 & pids+=($!)
+"$BIN/controlplane" --listen 127.0.0.1:7400 --data-dir "$RUN/controlplane" "${cp_flags[@]}" \
+  >"$RUN/controlplane.log" 2>&1 & pids+=($!)
 wait_for "$RUN/controlplane.log" "controlplane listening"
 export MERIDIAN_CONFIG="$PWD/$RUN/controlplane/gatewayctl.yaml"
 token=$("$BIN/gatewayctl" tokens create --uses 1 --ttl 10m | head -n 1)
 MERIDIAN_JOIN_TOKEN="$token" "$BIN/dataplane" --listen 127.0.0.1:8080 --controlplane 127.0.0.1:7400 --node-id local-1 \
-  --cache-dir "$RUN/dataplane-cache" --admin-listen 127.0.0.1:9901 >"$RUN/dataplane.log" 2>&1 & pids+=($!)
+  --cache-dir "$RUN/dataplane-cache" --admin-listen 127.0.0.1:9901 "${dp_flags[@]}" \
+  >"$RUN/dataplane.log" 2>&1 & pids+=($!)
 wait_for "$RUN/dataplane.log" "dataplane listening"
 
-"$BIN/gatewayctl" apply -f examples/quickstart.yaml -m "quickstart"
+# The quickstart only goes into an empty store: re-applying it on every
+# start would undo the user's edits. Empty means no version in the history
+# (so deleting every resource is an edit that is kept too). This reads the
+# table, which has a header line and one row per version, rather than -o
+# json, whose shape may change; a store that cannot be read stops the script.
+history=$("$BIN/gatewayctl" -o table history --limit 1)
+if [ "$(wc -l <<<"$history")" -le 1 ]; then
+  "$BIN/gatewayctl" apply -f examples/quickstart.yaml -m "quickstart"
+  echo "applied examples/quickstart.yaml to the empty store"
+else
+  echo "kept the stored configuration (bin/gatewayctl history; delete $RUN/ to start again from the quickstart)"
+fi
 for _ in $(seq 1 50); do
   curl -fs localhost:9901/readyz >/dev/null 2>&1 && break
   sleep 0.1

@@ -87,4 +87,3 @@ func TestErrorListCap(t *testing.T) {
 		}
 	}
 }
-

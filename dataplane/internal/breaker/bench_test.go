@@ -104,7 +104,7 @@ func BenchmarkAllowOpen(b *testing.B) {
 	br := benchBreaker(b)
 	start := time.Now()
 	br.mu.Lock()
-	br.open(0, CauseErrorRate)
+	br.open(0, Transition{Cause: CauseErrorRate})
 	br.openUntil.Store(int64(time.Hour))
 	br.mu.Unlock()
 	b.ReportAllocs()
@@ -127,8 +127,8 @@ func BenchmarkJudge(b *testing.B) {
 	now := br.since(start.Add(10 * time.Second))
 	b.ReportAllocs()
 	for b.Loop() {
-		if cause := br.judge(now); cause != "" {
-			b.Fatal(cause)
+		if tr := br.judge(now); tr.Cause != "" {
+			b.Fatal(tr.Cause)
 		}
 	}
 }

@@ -115,6 +115,21 @@ const (
 	Canceled
 )
 
+// String returns "success", "failure", "timeout" or "canceled".
+func (o Outcome) String() string {
+	switch o {
+	case Success:
+		return "success"
+	case Failure:
+		return "failure"
+	case Timeout:
+		return "timeout"
+	case Canceled:
+		return "canceled"
+	}
+	return fmt.Sprintf("Outcome(%d)", uint8(o))
+}
+
 // Causes of a trip, as Snapshot.LastTrip gives them.
 const (
 	CauseErrorRate           = "errorRate"
@@ -149,6 +164,51 @@ type Options struct {
 	// before its slot goes to another request; pass the route timeout.
 	// Default: DefaultProbeTimeout.
 	ProbeTimeout time.Duration
+	// Observer is told of every state transition. Default: none.
+	Observer Observer
+}
+
+// Observer is told of a breaker's state transitions, each once, in the
+// order they happen. BreakerTransition is called by whatever made the
+// transition (a request's Allow or Record, State, Snapshot) with the
+// breaker's transition lock held, after the new state took effect:
+// requests on the lock-free path are not held up, but it must return
+// quickly and must not call the Breaker.
+type Observer interface {
+	BreakerTransition(Transition)
+}
+
+// Transition is one change of a breaker's state, with what caused it.
+// Fields that do not apply to it are zero.
+type Transition struct {
+	From, To State
+
+	// Cause is why the breaker opened (To == Open): a Cause constant.
+	Cause string
+	// For CauseErrorRate and CauseLatency: Requests is the number of
+	// outcomes known over Window, the newest part of the window (or all
+	// of it) over which the condition held; Failures and Slow count the
+	// failed ones and those slower than LatencyThreshold (requests still
+	// in flight past it included). Threshold is errorRate, or for latency
+	// 1-quantile: the fraction of slow requests above which it trips.
+	// For CauseConsecutiveFailures, Failures is the streak and Threshold
+	// consecutiveFailures.
+	Requests, Failures, Slow int64
+	Window                   time.Duration
+	Threshold                float64
+	LatencyThreshold         time.Duration
+	// OpenFor is how long the breaker stays open (To == Open).
+	OpenFor time.Duration
+
+	// Probe and ProbeLatency are the outcome of the half-open probe that
+	// closed or reopened the breaker (From == HalfOpen); a Success is
+	// slow when ProbeLatency exceeds LatencyThreshold (then set).
+	Probe        Outcome
+	ProbeLatency time.Duration
+	// Probes is how many probes may be in flight at once (To ==
+	// HalfOpen); Successes is how many must succeed to close it (To ==
+	// HalfOpen), or did (To == Closed).
+	Probes, Successes int
 }
 
 // probeFree marks a probe slot no probe holds; a held one holds the
@@ -179,6 +239,7 @@ type Breaker struct {
 	jitter       float64
 	successes    int
 	probeTimeout int64
+	observer     Observer
 
 	// Hot state, lock-free. Every request reads these; the counters it
 	// writes are striped (see stripes).
@@ -215,6 +276,7 @@ func New(spec *meridianv1.CircuitBreakerSpec, opts Options) (*Breaker, error) {
 		now:          opts.Now,
 		randFloat:    rand.Float64,
 		probeTimeout: int64(opts.ProbeTimeout),
+		observer:     opts.Observer,
 	}
 	if b.now == nil {
 		b.now = time.Now
@@ -439,8 +501,8 @@ func (b *Breaker) Record(t Ticket, o Outcome, latency time.Duration) {
 			if b.failStreak.Load() != 0 {
 				b.failStreak.Store(0)
 			}
-		} else if b.failStreak.Add(1) >= b.consecutive {
-			b.trip(end, CauseConsecutiveFailures)
+		} else if n := b.failStreak.Add(1); n >= b.consecutive {
+			b.trip(end, Transition{Cause: CauseConsecutiveFailures, Failures: n, Threshold: float64(b.consecutive)})
 			return
 		}
 	}
@@ -462,30 +524,36 @@ func (b *Breaker) recordProbe(t Ticket, o Outcome, bad bool, end int64) {
 	if State(b.state.Load()) != HalfOpen {
 		return
 	}
+	latency := time.Duration(end - t.start)
 	if bad {
-		b.open(end, CauseProbe)
+		tr := Transition{Cause: CauseProbe, Probe: o, ProbeLatency: latency}
+		if b.slowAfter > 0 {
+			tr.LatencyThreshold = time.Duration(b.slowAfter)
+		}
+		b.open(end, tr)
 		return
 	}
 	b.probeWins++
 	if b.probeWins >= b.successes {
-		b.close(end)
+		b.close(end, latency)
 	}
 }
 
-// trip opens a closed breaker.
-func (b *Breaker) trip(now int64, cause string) {
+// trip opens a closed breaker; tr says why (see open).
+func (b *Breaker) trip(now int64, tr Transition) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if State(b.state.Load()) == Closed {
-		b.open(now, cause)
+		b.open(now, tr)
 	}
 }
 
 // open moves the breaker to Open for the current open duration: the base
 // duration times multiplier for each trip since the breaker last stayed
 // closed for maxDuration, capped at maxDuration, times a random factor
-// between 1-jitter and 1+jitter, capped at maxDuration again. b.mu is held.
-func (b *Breaker) open(now int64, cause string) {
+// between 1-jitter and 1+jitter, capped at maxDuration again. tr holds the
+// cause and its numbers, for the observer. b.mu is held.
+func (b *Breaker) open(now int64, tr Transition) {
 	if State(b.state.Load()) == Closed && float64(now-b.closedAt) >= b.openMax {
 		b.level = 0
 	}
@@ -496,9 +564,9 @@ func (b *Breaker) open(now int64, cause string) {
 	b.level++
 	b.openUntil.Store(now + int64(d))
 	b.freeProbes()
-	b.state.Store(int32(Open))
-	b.transitions++
-	b.lastTrip = cause
+	b.lastTrip = tr.Cause
+	tr.To, tr.OpenFor = Open, time.Duration(d)
+	b.setState(tr)
 }
 
 // halfOpen moves an open breaker whose time is up to HalfOpen. b.mu is
@@ -509,17 +577,28 @@ func (b *Breaker) halfOpen(now int64) {
 	}
 	b.probeWins = 0
 	b.freeProbes()
-	b.state.Store(int32(HalfOpen))
-	b.transitions++
+	b.setState(Transition{To: HalfOpen, Probes: len(b.probes), Successes: b.successes})
 }
 
-// close moves the breaker to Closed with a fresh window. b.mu is held.
-func (b *Breaker) close(now int64) {
+// close moves the breaker to Closed with a fresh window; probe is the
+// latency of the probe that closed it. b.mu is held.
+func (b *Breaker) close(now int64, probe time.Duration) {
 	b.closedAt = now
 	b.closedBucket.Store(now / b.bucketLen)
 	b.failStreak.Store(0)
-	b.state.Store(int32(Closed))
+	b.setState(Transition{To: Closed, Probe: Success, ProbeLatency: probe, Successes: b.probeWins})
+}
+
+// setState moves the breaker to tr.To, counts the transition and reports
+// it: the one place every transition goes through, for Snapshot's count
+// and the observer alike. b.mu is held.
+func (b *Breaker) setState(tr Transition) {
+	tr.From = State(b.state.Load())
+	b.state.Store(int32(tr.To))
 	b.transitions++
+	if b.observer != nil {
+		b.observer.BreakerTransition(tr)
+	}
 }
 
 func (b *Breaker) freeProbes() {

@@ -186,19 +186,20 @@ func (b *Breaker) maybeJudge(now int64) {
 	if State(b.state.Load()) != Closed {
 		return
 	}
-	if cause := b.judge(now); cause != "" {
-		b.trip(now, cause)
+	if tr := b.judge(now); tr.Cause != "" {
+		b.trip(now, tr)
 	}
 }
 
-// judge returns the trip condition that holds at now, or "".
+// judge returns the trip condition that holds at now, with the numbers
+// that show it, as the Transition it causes; Cause is "" if none holds.
 //
 // The latency condition "the q-quantile is above threshold" is the same
 // as "more than 1-q of the requests are slower than threshold", so the
 // judge needs no quantile: it counts slow requests, exactly. Requests
 // still in flight whose whole bucket started more than threshold ago are
 // slow already and counted so; the others are left out until they end.
-func (b *Breaker) judge(now int64) string {
+func (b *Breaker) judge(now int64) Transition {
 	cur := now / b.bucketLen
 	// Requests from before the breaker last closed do not count: they are
 	// what tripped it.
@@ -222,17 +223,30 @@ func (b *Breaker) judge(now int64) string {
 			}
 		}
 		if b.errorRate > 0 && errs.clearlyAbove(b.errorRate, b.errorGate) {
-			return CauseErrorRate
+			return b.errorTrip(errs, cur-k+1)
 		}
 		if b.slowAfter > 0 && lat.clearlyAbove(b.slowRate, b.latencyGate) {
-			return CauseLatency
+			return b.latencyTrip(lat, cur-k+1)
 		}
 	}
 	if b.errorRate > 0 && errs.n >= b.minRequests && float64(errs.bad) >= b.errorRate*float64(errs.n) {
-		return CauseErrorRate
+		return b.errorTrip(errs, cur-oldest+1)
 	}
 	if b.slowAfter > 0 && lat.n >= b.latencyMin && float64(lat.bad) > b.slowRate*float64(lat.n) {
-		return CauseLatency
+		return b.latencyTrip(lat, cur-oldest+1)
 	}
-	return ""
+	return Transition{}
+}
+
+// errorTrip and latencyTrip describe a trip on the tally of the newest
+// buckets of the window.
+func (b *Breaker) errorTrip(t tally, buckets int64) Transition {
+	return Transition{Cause: CauseErrorRate, Requests: t.n, Failures: t.bad,
+		Window: time.Duration(buckets * b.bucketLen), Threshold: b.errorRate}
+}
+
+func (b *Breaker) latencyTrip(t tally, buckets int64) Transition {
+	return Transition{Cause: CauseLatency, Requests: t.n, Slow: t.bad,
+		Window: time.Duration(buckets * b.bucketLen), Threshold: b.slowRate,
+		LatencyThreshold: time.Duration(b.slowAfter)}
 }

@@ -6,6 +6,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/meridian-gw/meridian/dataplane/internal/breaker"
+	"github.com/meridian-gw/meridian/dataplane/internal/statelog"
 	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
 )
@@ -53,9 +54,10 @@ type breakerPlan struct {
 }
 
 // compileBreakers builds the circuit breakers every route needs, carrying
-// over live's instances whose spec and probe timeout did not change. It
-// returns the instances by key and each route's breakers by route name.
-func compileBreakers(rs []*meridianv1.Resource, live map[string]*breakerInstance) (map[string]*breakerInstance, map[string]routeBreakers, config.ErrorList) {
+// over live's instances whose spec and probe timeout did not change. New
+// instances report their transitions to states. It returns the instances
+// by key and each route's breakers by route name.
+func compileBreakers(rs []*meridianv1.Resource, live map[string]*breakerInstance, states *statelog.Logger) (map[string]*breakerInstance, map[string]routeBreakers, config.ErrorList) {
 	specs := map[string]*meridianv1.CircuitBreakerSpec{}
 	ups := map[string]*meridianv1.UpstreamSpec{}
 	for _, r := range rs {
@@ -133,7 +135,10 @@ func compileBreakers(rs []*meridianv1.Resource, live map[string]*breakerInstance
 			instances[key] = old
 			continue
 		}
-		b, err := breaker.New(p.spec, breaker.Options{ProbeTimeout: p.probe})
+		l := p.labels
+		b, err := breaker.New(p.spec, breaker.Options{ProbeTimeout: p.probe, Observer: states.Breaker(statelog.BreakerNames{
+			Breaker: l.breaker, Upstream: l.upstream, Route: l.route, Target: l.target,
+		})})
 		if err != nil {
 			errs = append(errs, &config.FieldError{Kind: config.KindCircuitBreaker, Name: p.name, Path: "spec", Msg: err.Error()})
 			continue

@@ -24,6 +24,7 @@ import (
 	"github.com/meridian-gw/meridian/dataplane/internal/middleware/jwt"
 	"github.com/meridian-gw/meridian/dataplane/internal/proxy"
 	"github.com/meridian-gw/meridian/dataplane/internal/router"
+	"github.com/meridian-gw/meridian/dataplane/internal/statelog"
 	"github.com/meridian-gw/meridian/dataplane/internal/upstream"
 	"github.com/meridian-gw/meridian/proto/config"
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -106,7 +107,8 @@ func (c *Config) Allow(r *http.Request) string {
 
 // Options are a Gateway's process-wide collaborators.
 type Options struct {
-	// Logger receives configuration and rate limit events.
+	// Logger receives configuration and rate limit events, and the
+	// targets' and breakers' state changes (see statelog).
 	Logger *slog.Logger
 	// ClientIP resolves client_ip rate limit keys; nil trusts no proxy.
 	ClientIP *clientip.Resolver
@@ -137,6 +139,7 @@ type Gateway struct {
 	buffers  *proxy.BufferPool
 	log      *slog.Logger
 	errorLog *log.Logger
+	states   *statelog.Logger // every pool's and breaker's observer
 	now      func() time.Time
 	ip       *clientip.Resolver
 	redis    GlobalStore
@@ -165,6 +168,7 @@ func New(opts Options) *Gateway {
 		buffers:  proxy.NewBufferPool(),
 		log:      opts.Logger,
 		errorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
+		states:   statelog.New(opts.Logger, statelog.Options{}),
 		now:      time.Now,
 		ip:       opts.ClientIP,
 		redis:    opts.Redis,
@@ -386,7 +390,7 @@ func (g *Gateway) compile(ctx context.Context, snap *meridianv1.Snapshot, prev *
 	if prev != nil {
 		liveBreakers = prev.breakers
 	}
-	breakers, routeBrk, brkErrs := compileBreakers(rs, liveBreakers)
+	breakers, routeBrk, brkErrs := compileBreakers(rs, liveBreakers, g.states)
 	c.breakers = breakers
 	errs = append(errs, brkErrs...)
 	for _, r := range rs {
@@ -413,7 +417,7 @@ func (g *Gateway) compile(ctx context.Context, snap *meridianv1.Snapshot, prev *
 			continue
 		}
 		name := u.GetMetadata().GetName()
-		p, err := upstream.New(name, u.GetSpec(), live[name])
+		p, err := upstream.NewWithOptions(name, u.GetSpec(), live[name], upstream.Options{Observer: g.states})
 		if err != nil {
 			errs = appendErr(errs, err)
 			continue

@@ -45,7 +45,7 @@ func testPool(t testing.TB, spec *meridianv1.UpstreamSpec, prev *Pool, clock *fa
 	if clock == nil {
 		clock = newFakeClock()
 	}
-	p, err := build("u", spec, prev, clock.now)
+	p, err := build("u", spec, prev, Options{}, clock.now)
 	if err != nil {
 		t.Fatal(err)
 	}

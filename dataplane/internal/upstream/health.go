@@ -2,6 +2,8 @@ package upstream
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -74,7 +76,7 @@ func newChecker(p *Pool, s *meridianv1.ActiveHealthCheck) *checker {
 func (c *checker) run(ctx context.Context) {
 	ticker := time.NewTicker(c.interval)
 	defer ticker.Stop()
-	results := make([]bool, len(c.pool.targets))
+	results := make([]error, len(c.pool.targets))
 	for {
 		c.check(ctx, results)
 		select {
@@ -87,8 +89,9 @@ func (c *checker) run(ctx context.Context) {
 
 // check probes every target concurrently, waits for all of them (so a
 // slow target delays no one else's verdict) and records the results
-// unless ctx ended meanwhile. results is scratch space, one per target.
-func (c *checker) check(ctx context.Context, results []bool) {
+// unless ctx ended meanwhile. results is scratch space, one per target:
+// each probe's error, nil when it passed.
+func (c *checker) check(ctx context.Context, results []error) {
 	var wg sync.WaitGroup
 	for i := range c.pool.targets {
 		wg.Go(func() { results[i] = c.probe(ctx, c.url[i]) })
@@ -102,7 +105,10 @@ func (c *checker) check(ctx context.Context, results []bool) {
 	}
 }
 
-func (c *checker) record(t *Target, i int, ok bool) {
+// record applies the result of target i's probe, err (nil: passed), and
+// reports the target's transition if it makes one.
+func (c *checker) record(t *Target, i int, err error) {
+	ok := err == nil
 	if ok {
 		c.pool.checks.passed.Add(1)
 	} else {
@@ -112,6 +118,10 @@ func (c *checker) record(t *Target, i int, ok bool) {
 		t.probed.Store(true)
 		t.down.Store(!ok)
 		c.streak[i] = 0
+		if !ok {
+			c.pool.report(Transition{Target: t.addr, Check: ActiveCheck, From: Healthy, To: Unhealthy,
+				First: true, Count: 1, Threshold: c.unhealthy, Err: err})
+		}
 		return
 	}
 	switch s := c.streak[i]; {
@@ -122,30 +132,41 @@ func (c *checker) record(t *Target, i int, ok bool) {
 		c.streak[i]++
 		if t.down.Load() && c.streak[i] >= c.healthy {
 			t.down.Store(false)
+			c.pool.report(Transition{Target: t.addr, Check: ActiveCheck, From: Unhealthy, To: Healthy,
+				Count: c.streak[i], Threshold: c.healthy})
 		}
 	} else {
 		c.streak[i]--
 		if !t.down.Load() && -c.streak[i] >= c.unhealthy {
 			t.down.Store(true)
+			c.pool.report(Transition{Target: t.addr, Check: ActiveCheck, From: Healthy, To: Unhealthy,
+				Count: -c.streak[i], Threshold: c.unhealthy, Err: err})
 		}
 	}
 }
 
-func (c *checker) probe(ctx context.Context, url string) bool {
+// probe sends one probe and returns why it failed, or nil.
+func (c *checker) probe(ctx context.Context, url string) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return false
+		return err
 	}
 	req.Header.Set("User-Agent", "meridian-health-check")
 	resp, err := c.pool.transport.RoundTrip(req)
 	if err != nil {
-		return false
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("no response within %s", c.timeout)
+		}
+		return err
 	}
 	_, _ = io.CopyN(io.Discard, resp.Body, maxProbeBody)
 	resp.Body.Close()
-	return c.expect(resp.StatusCode)
+	if !c.expect(resp.StatusCode) {
+		return statusError(resp.StatusCode)
+	}
+	return nil
 }
 
 func (c *checker) expect(status int) bool {

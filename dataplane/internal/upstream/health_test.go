@@ -80,7 +80,7 @@ func TestActiveThresholds(t *testing.T) {
 			// rounds itself so it can count them.
 			p := testPool(t, activeSpec(nil, b), nil, nil)
 			c := newChecker(p, tt.active)
-			results := make([]bool, 1)
+			results := make([]error, 1)
 			tg := p.targets[0]
 			check := func() { t.Helper(); c.check(context.Background(), results) }
 
@@ -129,7 +129,7 @@ func TestActiveFirstProbeDecides(t *testing.T) {
 	if _, err := p.Pick(nil); err != nil {
 		t.Fatalf("a target not yet probed should be picked: %v", err)
 	}
-	c.check(context.Background(), make([]bool, 1))
+	c.check(context.Background(), make([]error, 1))
 	if !p.targets[0].down.Load() {
 		t.Error("a new target failing its first probe is not down")
 	}
@@ -154,7 +154,7 @@ func TestActiveUnreachableAndTimeout(t *testing.T) {
 	}}
 	p := testPool(t, spec, nil, nil)
 	c := newChecker(p, &meridianv1.ActiveHealthCheck{Timeout: durationpb.New(50 * time.Millisecond)})
-	c.check(context.Background(), make([]bool, 2))
+	c.check(context.Background(), make([]error, 2))
 	for i, tg := range p.targets {
 		if !tg.down.Load() {
 			t.Errorf("target %d (%s) not down", i, tg.Address())

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"strconv"
 	"time"
 
 	meridianv1 "github.com/meridian-gw/meridian/proto/meridian/v1"
@@ -45,7 +46,8 @@ func newPassiveConfig(s *meridianv1.PassiveHealthCheck) passiveConfig {
 	return c
 }
 
-// eject takes t out of rotation after consecutiveFailures failed attempts.
+// eject takes t out of rotation after n consecutive failed attempts, the
+// last of which ended as o, and reports it.
 //
 // Semantics (close to Envoy's outlier detection, differences noted):
 //   - The n-th ejection in a row lasts n × ejectionTime, at most
@@ -63,13 +65,17 @@ func newPassiveConfig(s *meridianv1.PassiveHealthCheck) passiveConfig {
 //   - Active health checks and ejection are independent: an actively
 //     unhealthy target does not count towards maxEjectionPercent, and
 //     there is no panic threshold — when every target is down, Pick fails.
-func (p *Pool) eject(t *Target) {
+//   - An ejection whose time is up but that no Pick has ended yet is ended
+//     (and its return reported) before the next one.
+func (p *Pool) eject(t *Target, failures int64, o Outcome) {
 	p.ejectMu.Lock()
 	defer p.ejectMu.Unlock()
 	now := p.now()
-	if now < t.ejectedUntil.Load() {
+	if until := t.ejectedUntil.Load(); now < until {
 		t.failures.Store(0)
 		return
+	} else if until != 0 {
+		t.endEjection(until)
 	}
 	allowed := p.passive.maxEjectionPercent * len(p.targets) / 100
 	ejected := 0
@@ -91,6 +97,24 @@ func (p *Pool) eject(t *Target) {
 	until := now + base*n
 	t.ejections.Store(n)
 	t.lastEjectEnd.Store(until)
+	t.ejectedFor.Store(base * n)
 	t.failures.Store(0)
 	t.ejectedUntil.Store(until)
+	p.report(Transition{Target: t.addr, Check: PassiveCheck, From: Healthy, To: Ejected,
+		Count: int(failures), Threshold: int(p.passive.consecutiveFailures), Err: o.failure(),
+		Ejection: time.Duration(base * n), Ejections: int(n)})
 }
+
+// failure is why a failed attempt failed: its error, or its status.
+func (o Outcome) failure() error {
+	if o.Err != nil {
+		return o.Err
+	}
+	return statusError(o.Status)
+}
+
+// statusError is a failure by response status: an active health check's
+// unexpected status, or a passive check's 5xx.
+type statusError int
+
+func (e statusError) Error() string { return "status " + strconv.Itoa(int(e)) }

@@ -11,6 +11,9 @@
 // A pool with an active health check owns one goroutine, started by New and
 // stopped by Close (CloseUnused closes the pools a new configuration no
 // longer uses).
+//
+// Every change of a target's health (see Transition) is reported, once, to
+// the pool's Observer.
 package upstream
 
 import (
@@ -59,6 +62,8 @@ type Pool struct {
 	noTarget  error // prebuilt so that Pick never allocates
 	passive   passiveConfig
 	now       func() int64 // Unix nanoseconds; replaced in tests
+	observer  Observer     // nil: none
+	closed    atomic.Bool  // a closed pool reports nothing: its successor does
 
 	ejectMu sync.Mutex // serialises ejections so maxEjectionPercent holds
 
@@ -75,6 +80,7 @@ type Pool struct {
 // Target is one address of an upstream with its health and load. Pick
 // returns it; the proxy hands it back to Done.
 type Target struct {
+	pool   *Pool
 	addr   string
 	weight int64
 
@@ -89,6 +95,7 @@ type Target struct {
 	ejectedUntil atomic.Int64 // Unix nanoseconds; 0 = not ejected
 	ejections    atomic.Int64 // how many recent ejections; multiplies ejectionTime
 	lastEjectEnd atomic.Int64 // when the last ejection ends or ended (Unix nanoseconds)
+	ejectedFor   atomic.Int64 // how long the last ejection lasts or lasted (nanoseconds)
 }
 
 // Address returns the target's host:port.
@@ -107,8 +114,19 @@ func (t *Target) available(now func() int64) bool {
 	if now() < until {
 		return false
 	}
-	t.ejectedUntil.CompareAndSwap(until, 0)
+	t.endEjection(until)
 	return true
+}
+
+// endEjection puts t, whose ejection until until is over, back in rotation
+// and reports its return. Whoever first notices that the time is up (a
+// Pick, Status, the next ejection) does it, so the return is reported
+// once, when it is noticed.
+func (t *Target) endEjection(until int64) {
+	if t.ejectedUntil.CompareAndSwap(until, 0) {
+		t.pool.report(Transition{Target: t.addr, Check: PassiveCheck, From: Ejected, To: Healthy,
+			Ejection: time.Duration(t.ejectedFor.Load())})
+	}
 }
 
 // Outcome is how one attempt at a target ended, as the proxy saw it.
@@ -135,8 +153,20 @@ func (o Outcome) neutral() bool {
 	return o.Status == 0 && (o.Err == nil || errors.Is(o.Err, context.Canceled))
 }
 
-// New builds the pool for an upstream. prev is the pool of the same name in
-// the configuration being replaced, or nil:
+// Options are a pool's collaborators. The zero value has none.
+type Options struct {
+	// Observer is told of the targets' health transitions; nil: no one.
+	// A pool New returns unchanged (prev) keeps prev's.
+	Observer Observer
+}
+
+// New is NewWithOptions with no Options.
+func New(name string, spec *meridianv1.UpstreamSpec, prev *Pool) (*Pool, error) {
+	return NewWithOptions(name, spec, prev, Options{})
+}
+
+// NewWithOptions builds the pool for an upstream. prev is the pool of the
+// same name in the configuration being replaced, or nil:
 //   - when its spec is equal (proto.Equal), prev itself is returned, with
 //     its balancer, health state and health-check goroutine;
 //   - otherwise the new pool starts with prev's health state for every
@@ -145,11 +175,11 @@ func (o Outcome) neutral() bool {
 //
 // The new pool's health checker, if any, runs until Close. Errors are
 // *config.FieldError.
-func New(name string, spec *meridianv1.UpstreamSpec, prev *Pool) (*Pool, error) {
-	return build(name, spec, prev, func() int64 { return time.Now().UnixNano() })
+func NewWithOptions(name string, spec *meridianv1.UpstreamSpec, prev *Pool, opts Options) (*Pool, error) {
+	return build(name, spec, prev, opts, func() int64 { return time.Now().UnixNano() })
 }
 
-func build(name string, spec *meridianv1.UpstreamSpec, prev *Pool, now func() int64) (*Pool, error) {
+func build(name string, spec *meridianv1.UpstreamSpec, prev *Pool, opts Options, now func() int64) (*Pool, error) {
 	if prev != nil && proto.Equal(prev.spec, spec) {
 		return prev, nil
 	}
@@ -160,6 +190,7 @@ func build(name string, spec *meridianv1.UpstreamSpec, prev *Pool, now func() in
 		noTarget: fmt.Errorf("upstream %q: %w", name, ErrNoHealthyTarget),
 		passive:  newPassiveConfig(spec.GetHealthCheck().GetPassive()),
 		now:      now,
+		observer: opts.Observer,
 	}
 	if spec.GetScheme() == meridianv1.Scheme_SCHEME_HTTPS {
 		p.scheme = "https"
@@ -187,7 +218,7 @@ func build(name string, spec *meridianv1.UpstreamSpec, prev *Pool, now func() in
 		}
 	}
 	for _, ts := range spec.GetTargets() {
-		t := &Target{addr: ts.GetAddress(), weight: max(int64(ts.GetWeight()), 1)}
+		t := &Target{pool: p, addr: ts.GetAddress(), weight: max(int64(ts.GetWeight()), 1)}
 		if o := old[t.addr]; o != nil {
 			t.inherit(o, active != nil, p.passive.enabled)
 		}
@@ -226,6 +257,7 @@ func (t *Target) inherit(o *Target, active, passive bool) {
 		t.ejectedUntil.Store(o.ejectedUntil.Load())
 		t.ejections.Store(o.ejections.Load())
 		t.lastEjectEnd.Store(o.lastEjectEnd.Load())
+		t.ejectedFor.Store(o.ejectedFor.Load())
 	}
 }
 
@@ -271,7 +303,7 @@ func (p *Pool) Done(t *Target, o Outcome) {
 		return // in flight when t was ejected; its count starts afresh
 	}
 	if n := t.failures.Add(1); n >= p.passive.consecutiveFailures {
-		p.eject(t)
+		p.eject(t, n, o)
 	}
 }
 
@@ -316,16 +348,24 @@ type TargetStatus struct {
 	InFlight int64
 }
 
-// Status returns the state of every target, in spec order.
+// Status returns the state of every target, in spec order. A target whose
+// ejection time is up is put back in rotation (and its return reported)
+// here, as Pick would.
 func (p *Pool) Status() []TargetStatus {
 	now := p.now()
 	out := make([]TargetStatus, len(p.targets))
 	for i, t := range p.targets {
+		ejected := false
+		if until := t.ejectedUntil.Load(); until != 0 {
+			if ejected = now < until; !ejected {
+				t.endEjection(until)
+			}
+		}
 		out[i] = TargetStatus{
 			Address:  t.addr,
 			Weight:   t.weight,
 			Healthy:  !t.down.Load(),
-			Ejected:  now < t.ejectedUntil.Load(),
+			Ejected:  ejected,
 			InFlight: t.inflight.Load(),
 		}
 	}
@@ -338,6 +378,7 @@ func (p *Pool) Status() []TargetStatus {
 // flight. Close is idempotent.
 func (p *Pool) Close() {
 	p.closeOnce.Do(func() {
+		p.closed.Store(true)
 		p.stop()
 		p.wg.Wait()
 	})

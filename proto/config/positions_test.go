@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -58,14 +59,7 @@ func TestErrorPositions(t *testing.T) {
 func numbered(s string) string {
 	var b strings.Builder
 	for i, l := range strings.Split(strings.TrimSuffix(s, "\n"), "\n") {
-		b.WriteString(strings.Repeat(" ", 3-len(itoa(i+1))) + itoa(i+1) + "  " + l + "\n")
+		fmt.Fprintf(&b, "%3d  %s\n", i+1, l)
 	}
 	return b.String()
-}
-
-func itoa(i int) string {
-	if i < 10 {
-		return string(rune('0' + i))
-	}
-	return itoa(i/10) + string(rune('0'+i%10))
 }
